@@ -1,0 +1,45 @@
+"""One small error hierarchy. Messages read: subject | problem | what to do."""
+
+from __future__ import annotations
+
+
+class DeployError(Exception):
+    """Base of every error ppdeploy raises on purpose; the CLI prints it as one line."""
+
+
+class BackendUnavailableError(DeployError):
+    """A backend's package is missing or its device is absent."""
+
+
+class ConversionError(DeployError):
+    """A conversion step failed or produced an invalid artifact."""
+
+
+class ArtifactError(DeployError):
+    """An artifact on disk is missing, corrupt, stale or foreign to this machine."""
+
+
+class ModelNotFoundError(DeployError):
+    """A model name or directory cannot be resolved."""
+
+
+class DownloadError(DeployError):
+    """A download failed, was truncated, or its archive is unsafe."""
+
+
+class InputSpecError(DeployError):
+    """An input tensor does not fit the model's input spec."""
+
+
+class ImageError(DeployError):
+    """An image file cannot be read or decoded."""
+
+
+class ParityError(DeployError):
+    """A backend's outputs disagree with the reference beyond tolerance."""
+
+
+def one_line(subject: str, problem: str, fix: str | None = None) -> str:
+    """Format a message as ``subject | problem | what to do``."""
+    parts = [subject, problem] + ([fix] if fix else [])
+    return " | ".join(parts)

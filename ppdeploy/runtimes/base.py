@@ -1,0 +1,99 @@
+"""The Runtime contract every backend implements, and the registry that lists them."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ppdeploy.errors import BackendUnavailableError, InputSpecError, one_line
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (``None`` for a dynamic dim) and numpy dtype name of one model input or output."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def check(self, array: np.ndarray) -> None:
+        """Raise ``InputSpecError`` unless ``array`` fits this spec."""
+        fits = array.ndim == len(self.shape) and all(
+            want is None or want == got for want, got in zip(self.shape, array.shape))
+        if not fits or array.dtype != np.dtype(self.dtype):
+            want = "(" + ", ".join("N" if d is None else str(d) for d in self.shape) + ")"
+            raise InputSpecError(one_line(f"input '{self.name}'", f"got {array.dtype} shape {tuple(array.shape)}",
+                                          f"expected {self.dtype} {want}"))
+
+
+class Runtime:
+    """Loads one artifact directory and runs batches on it.
+
+    Subclasses set ``name``, ``requires`` (import names) and ``extra`` (pip extra or package to install),
+    and implement ``_load`` and ``_infer``. Use as a context manager, or call ``close()``.
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    install_hint: ClassVar[str] = ""
+    needs_gpu: ClassVar[bool] = False
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+
+    def __init__(self, artifact_dir: str | Path, *, device: str = "cpu", threads: int | None = None) -> None:
+        ok, reason = self.availability()
+        if not ok:
+            raise BackendUnavailableError(one_line(f"backend '{self.name}'", reason))
+        if device not in self.devices:
+            raise BackendUnavailableError(one_line(f"backend '{self.name}'", f"no device '{device}'",
+                                                   "choose one of: " + ", ".join(self.devices)))
+        self.artifact_dir = Path(artifact_dir)
+        self.device = device
+        self.threads = threads
+        self.inputs: tuple[TensorSpec, ...] = ()
+        self.outputs: tuple[TensorSpec, ...] = ()
+        self.details: dict[str, str] = {}  # what really runs (provider, precision, ...) for reports
+        self._load()
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        """(available, reason) without importing the backend."""
+        missing = [mod for mod in cls.requires if importlib.util.find_spec(mod) is None]
+        if missing:
+            return False, f"package {', '.join(missing)} is not installed | install it: {cls.install_hint}"
+        return True, ""
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run one float32 NCHW batch and return the model's first output (probabilities)."""
+        if not self.inputs:
+            raise InputSpecError(one_line(f"backend '{self.name}'", "runtime is closed"))
+        self.inputs[0].check(batch)
+        return self._infer(np.ascontiguousarray(batch))
+
+    def close(self) -> None:
+        """Release the backend's resources; the runtime cannot be used afterwards."""
+        self.inputs = ()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+RUNTIMES: dict[str, type[Runtime]] = {}
+
+
+def register_runtime(cls: type[Runtime]) -> type[Runtime]:
+    """Class decorator: add a backend under its ``name``."""
+    RUNTIMES[cls.name] = cls
+    return cls
