@@ -16,6 +16,7 @@ class ConvertOptions:
     """Everything a converter may need besides its source and destination.
 
     Attributes:
+        target: the target being built (one module may serve several, e.g. ``openvino-fp16``).
         input_size: model input height/width (224, or 320 for Fix_ResNet50_vd_ssld).
         opset: ONNX opset for paddle2onnx.
         max_batch: largest batch an engine/profile must accept (dynamic batch 1..max_batch).
@@ -25,6 +26,7 @@ class ConvertOptions:
         preprocess: preprocessing config dict (resize_short, crop_size, mean, std, scale).
     """
 
+    target: str = ""
     input_size: int = 224
     opset: int = 17
     max_batch: int = 8

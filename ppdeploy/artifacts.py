@@ -1,0 +1,94 @@
+"""Artifact folders and their ``manifest.json``: what was converted, from what, with which tools."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ppdeploy.errors import ArtifactError, one_line
+from ppdeploy.fsutil import atomic_write_text
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+TOOLS = ("ppdeploy", "paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt")
+# Distributions that provide the same import under another name (GPU builds, CUDA-suffixed wheels).
+_ALIASES = {
+    "paddlepaddle": ("paddlepaddle", "paddlepaddle-gpu"),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
+}
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Installed versions of every tool that can shape an artifact (``None`` when absent)."""
+    versions: dict[str, str | None] = {}
+    for tool in TOOLS:
+        versions[tool] = None
+        for dist in _ALIASES.get(tool, (tool,)):
+            try:
+                versions[tool] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def write_manifest(artifact_dir: Path, manifest: dict[str, Any]) -> Path:
+    data = {"manifest_version": MANIFEST_VERSION, **manifest}
+    return atomic_write_text(Path(artifact_dir) / MANIFEST, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load_manifest(artifact_dir: str | Path) -> dict[str, Any]:
+    """Read an artifact's manifest, or raise ``ArtifactError`` saying how to recreate it."""
+    path = Path(artifact_dir) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(one_line(str(path), "missing: not a ppdeploy artifact folder",
+                                     "convert the model again with 'deploy convert'"))
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(one_line(str(path), f"unreadable ({exc})", "delete the folder and reconvert")) from exc
+    if not isinstance(data, dict) or "model_file" not in data:
+        raise ArtifactError(one_line(str(path), "not a ppdeploy manifest", "delete the folder and reconvert"))
+    return data
+
+
+def artifact_model_file(artifact_dir: str | Path, manifest: dict[str, Any] | None = None) -> Path:
+    """The artifact's main file (plus, for OpenVINO IR, its ``.bin``), checked to exist."""
+    artifact_dir = Path(artifact_dir)
+    manifest = manifest or load_manifest(artifact_dir)
+    model_file = artifact_dir / manifest["model_file"]
+    needed = [model_file] + ([model_file.with_suffix(".bin")] if model_file.suffix == ".xml" else [])
+    for path in needed:
+        if not path.is_file():
+            raise ArtifactError(one_line(str(path), "missing from the artifact",
+                                         "delete the folder and reconvert with 'deploy convert'"))
+    return model_file
+
+
+def check_compatible(manifest: dict[str, Any], *, source_hash: str | None = None,
+                     gpu: dict[str, str] | None = None) -> None:
+    """Refuse an artifact that does not fit this machine or its source model.
+
+    Args:
+        manifest: the artifact's manifest.
+        source_hash: the current hash of the source Paddle model, when known.
+        gpu: ``{"name":..., "compute_capability":...}`` of the device an engine will run on.
+
+    Raises:
+        ArtifactError: one line naming what differs and telling to reconvert.
+    """
+    where = manifest.get("artifact_dir", "artifact")
+    fix = f"reconvert: deploy convert {manifest.get('model_name', 'MODEL')} --to {manifest.get('target', 'TARGET')}"
+    if source_hash and manifest.get("source_hash") and manifest["source_hash"] != source_hash:
+        raise ArtifactError(one_line(where, "source model changed since conversion", fix))
+    if manifest.get("backend") == "tensorrt":
+        built_with = (manifest.get("tools") or {}).get("tensorrt")
+        installed = tool_versions()["tensorrt"]
+        if built_with != installed:
+            raise ArtifactError(one_line(where, f"engine built with TensorRT {built_with}, installed {installed}",
+                                         fix))
+        if gpu is not None and manifest.get("gpu") != gpu:
+            raise ArtifactError(one_line(where, f"engine built for {manifest.get('gpu')}, this GPU is {gpu}", fix))

@@ -1,0 +1,162 @@
+"""A PaddleClas-like classifier: one model, one backend, ``predict()`` yielding result records per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ppdeploy.errors import DeployError, ImageError
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class _Item:
+    """One input: its display name and either a decoded RGB image or the error that stopped it."""
+
+    filename: str
+    tensor: np.ndarray | None = None  # preprocessed CHW float32
+    error: str | None = None
+
+
+class Classifier:
+    """Classify images with a zoo model (or a model folder) on any backend.
+
+    Example:
+        >>> clf = Classifier("ResNet50", backend="openvino", synthetic=True)
+        >>> for batch in clf.predict("photos/"):
+        ...     print(batch[0]["class_ids"], batch[0]["scores"])
+
+    Args:
+        model: a zoo name or a Paddle inference model folder.
+        backend: ``auto``, ``paddle``, a backend (``onnx``, ``openvino``, ``tensorrt``) or a target
+            (``openvino-int8``, ``onnx-fp16``, ...). A missing artifact is converted and cached first.
+        synthetic: with a zoo name, use seeded synthetic weights instead of downloading (meaningless predictions).
+        fmt: Paddle format for synthetic exports (``json`` or ``pdmodel``).
+        device: ``cpu`` or ``gpu``.
+        threads: inference threads (default: the backend's choice).
+        batch_size: images per batch.
+        topk: classes per result record.
+        log: called with progress lines (conversion, backend choice).
+    """
+
+    def __init__(self, model: str | Path = "ResNet50", backend: str = "auto", *, synthetic: bool = False,
+                 fmt: str = "json", device: str = "cpu", threads: int | None = None, batch_size: int = 8,
+                 topk: int = 5, log: Log | None = None) -> None:
+        from ppdeploy.models.resolve import resolve_model
+        from ppdeploy.preprocess import PreprocessConfig
+        from ppdeploy.runtimes import RUNTIMES
+        from ppdeploy.runtimes.select import resolve_backend
+
+        self.model = resolve_model(model, synthetic=synthetic, fmt=fmt)
+        self.choice = resolve_backend(backend, device)
+        if backend == "auto" and log:
+            log(f"--backend auto chose '{self.choice.label}' for device '{device}'")
+        default = PreprocessConfig.from_spec(self.model.spec) if self.model.spec else PreprocessConfig()
+        self.preprocess = PreprocessConfig.for_model_dir(self.model.paddle.directory, default)
+        self.artifact_dir = self._artifact(log)
+        self.runtime = RUNTIMES[self.choice.backend](self.artifact_dir, device=device, threads=threads)
+        self.batch_size = batch_size
+        self.topk = topk
+
+    def _artifact(self, log: Log | None) -> Path:
+        if self.choice.target is None:
+            return self.model.paddle.directory
+        from ppdeploy.converters.pipeline import convert_model
+
+        return convert_model(self.model, self.choice.target, log=log)
+
+    def predict(self, inputs: Any, batch_size: int | None = None) -> Iterator[list[dict]]:
+        """Yield one list of result records per batch, in input order.
+
+        ``inputs`` is a file, a folder (recursive), a glob, an RGB ``uint8`` array (HWC), or a list of these.
+        Every input appears exactly once: as ``{class_ids, scores, label_names, filename}``, or, when it
+        cannot be read, as ``{filename, error}``.
+        """
+        size = batch_size or self.batch_size
+        chunks = _chunks(_expand(inputs), size)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            # Decode the next batch while the current one runs: OpenCV and the backends release the GIL.
+            pending = [pool.submit(_load_all, chunk, self.preprocess) for chunk in _take(chunks, 2)]
+            while pending:
+                items = pending.pop(0).result()
+                pending.extend(pool.submit(_load_all, chunk, self.preprocess) for chunk in _take(chunks, 1))
+                good = [item for item in items if item.error is None]
+                probs = self.runtime.infer(np.stack([i.tensor for i in good])) if good else None
+                yield self._records(items, good, probs)
+
+    def _records(self, items: list[_Item], good: list[_Item], probs: np.ndarray | None) -> list[dict]:
+        from ppdeploy.postprocess import top_k
+
+        scored = iter(top_k(probs, self.topk, filenames=[i.filename for i in good])) if good else iter(())
+        return [next(scored) if item.error is None else {"filename": item.filename, "error": item.error}
+                for item in items]
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _expand(inputs: Any) -> list[Any]:
+    """Flatten inputs into a list of paths and arrays (folders and globs listed, sorted)."""
+    from ppdeploy.images import list_images
+
+    if isinstance(inputs, np.ndarray) or isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    expanded: list[Any] = []
+    for index, item in enumerate(inputs):
+        if isinstance(item, np.ndarray):
+            expanded.append((f"array_{index}", item))
+        elif Path(item).is_file():
+            expanded.append(Path(item))
+        else:
+            expanded.extend(list_images(item))
+    return expanded
+
+
+def _load(source: Any, cfg: Any) -> _Item:
+    """Decode and preprocess one input; any failure becomes the item's error, never an exception."""
+    from ppdeploy.images import decode_image
+    from ppdeploy.preprocess import preprocess, to_rgb_uint8
+
+    name = source[0] if isinstance(source, tuple) else str(source)
+    try:
+        image = to_rgb_uint8(source[1]) if isinstance(source, tuple) else decode_image(source)
+        return _Item(name, tensor=preprocess(image, cfg))
+    except ImageError as exc:
+        return _Item(name, error=str(exc))
+    except (DeployError, ValueError, TypeError, cv2_error()) as exc:
+        return _Item(name, error=f"{name} | cannot preprocess: {exc}")
+
+
+def cv2_error() -> type[BaseException]:
+    import cv2
+
+    return cv2.error
+
+
+def _load_all(chunk: list[Any], cfg: Any) -> list[_Item]:
+    return [_load(source, cfg) for source in chunk]
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _take(iterator: Iterator[list[Any]], count: int) -> Iterable[list[Any]]:
+    for _ in range(count):
+        chunk = next(iterator, None)
+        if chunk is None:
+            return
+        yield chunk

@@ -1,0 +1,152 @@
+"""The ``deploy`` command line: a thin layer over the library. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ppdeploy.errors import DeployError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="PaddleClas ResNet models to ONNX, OpenVINO and TensorRT, with parity checks against Paddle.")
+_STATE = {"verbose": False}
+
+EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED = 0, 1, 3
+
+ModelArg = Annotated[str, typer.Argument(help="Zoo name (see 'deploy models') or a Paddle inference model folder.")]
+SyntheticOpt = Annotated[bool, typer.Option("--synthetic", help="Seeded synthetic weights instead of a download "
+                                            "(predictions are meaningless; for trying the pipeline offline).")]
+FormatOpt = Annotated[str, typer.Option("--format", help="Paddle format of a synthetic export: json (PIR) or pdmodel.")]
+
+
+def _err(line: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(line, markup=False)
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")] = False) -> None:
+    _STATE["verbose"] = verbose
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
+    """List the model zoo with the seed's published figures."""
+    from ppdeploy.models import MODELS
+
+    if as_json:
+        typer.echo(json.dumps([spec.to_dict() for spec in MODELS.values()], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="PaddleClas ResNet zoo (figures from the seed)")
+    for column in ("Model", "Arch", "Input", "Top1", "Top5", "FLOPs(G)", "Params(M)", "T4 FP16 bs1 (ms)", "Archive"):
+        table.add_column(column)
+    for spec in MODELS.values():
+        table.add_row(spec.name, f"{spec.depth}-{spec.variant}", str(spec.input_size), f"{spec.top1:.3f}",
+                      f"{spec.top5:.3f}", f"{spec.flops_g:.2f}", f"{spec.params_m:.2f}", f"{spec.t4_fp16_ms[0]:.2f}",
+                      spec.archive_name)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+@app.command()
+def export(model: ModelArg,
+           output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write the inference model to.")],
+           weights: Annotated[Optional[Path], typer.Option("--weights", help="PaddleClas .pdparams (pickle: only "
+                                                            "load files you trust).")] = None,
+           synthetic: SyntheticOpt = False,
+           fmt: FormatOpt = "json",
+           seed: Annotated[int, typer.Option(help="Seed for --synthetic.")] = 0) -> None:
+    """Export a zoo model as a Paddle inference model (PIR json or legacy pdmodel) with its preprocessing yaml."""
+    from ppdeploy.models import get_model
+    from ppdeploy.models.export import export_model
+    from ppdeploy.models.resolve import warn_synthetic
+
+    if synthetic:
+        warn_synthetic()
+    out = export_model(get_model(model), output, weights=weights, synthetic=synthetic, fmt=fmt, seed=seed)
+    typer.echo(f"Exported {model} ({fmt}) to {out}")
+
+
+@app.command()
+def convert(model: ModelArg,
+            to: Annotated[str, typer.Option("--to", help="Target: onnx, onnx-fp16, onnx-int8, openvino, "
+                                            "openvino-fp16, openvino-int8, trt-fp32, trt-fp16, trt-int8.")],
+            output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Artifact folder "
+                                                           "(default: the cache).")] = None,
+            synthetic: SyntheticOpt = False,
+            fmt: FormatOpt = "json",
+            calib_images: Annotated[Optional[Path], typer.Option("--calib-images", help="Calibration images for "
+                                                                 "int8 (default: built-in sample photos).")] = None,
+            max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch engines accept.")] = 8,
+            opset: Annotated[int, typer.Option("--opset", help="ONNX opset (13-21).")] = 17,
+            force: Annotated[bool, typer.Option("--force", help="Rebuild even if a valid artifact exists.")] = False,
+            ) -> None:
+    """Convert a model to a deployable artifact (cached and reused while valid)."""
+    from ppdeploy.converters.pipeline import convert_model, default_options, get_target
+    from ppdeploy.models.resolve import resolve_model
+
+    get_target(to)  # an unknown target fails before any download or export
+    resolved = resolve_model(model, synthetic=synthetic, fmt=fmt)
+    options = default_options(resolved, to, calib_images=calib_images, max_batch=max_batch, opset=opset)
+    out = convert_model(resolved, to, options=options, out_dir=output, force=force, log=_err)
+    typer.echo(str(out))
+
+
+@app.command()
+def run(images: Annotated[str, typer.Option("--images", help="An image file, a folder (recursive) or a glob.")],
+        model: Annotated[str, typer.Option("--model", help="Zoo name or Paddle model folder.")] = "ResNet50",
+        backend: Annotated[str, typer.Option("--backend", help="auto, paddle, onnx, openvino, tensorrt, or a "
+                                             "target such as openvino-int8.")] = "auto",
+        batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+        topk: Annotated[int, typer.Option("--topk", min=1)] = 5,
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+        device: Annotated[str, typer.Option("--device", help="cpu or gpu.")] = "cpu",
+        threads: Annotated[Optional[int], typer.Option("--threads", help="Inference threads.")] = None,
+        synthetic: SyntheticOpt = False,
+        fmt: FormatOpt = "json") -> None:
+    """Classify images. Exit 0: all ok; 3: some inputs failed (each has an error record); 1: could not run."""
+    from ppdeploy.classifier import Classifier
+
+    failed = 0
+    with Classifier(model, backend, synthetic=synthetic, fmt=fmt, device=device, threads=threads,
+                    batch_size=batch_size, topk=topk, log=_err) as clf:
+        for batch in clf.predict(images):
+            for record in batch:
+                failed += "error" in record
+                typer.echo(json.dumps(record, ensure_ascii=False) if as_json else _format_record(record))
+    if failed:
+        _err(f"{failed} input(s) could not be classified; see their error records")
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _format_record(record: dict) -> str:
+    if "error" in record:
+        return f"{record['filename']}:\terror: {record['error']}"
+    scores = ", ".join(f"{s:.5f}" for s in record["scores"])
+    return (f"{record['filename']}:\tclass id(s): {record['class_ids']}, score(s): [{scores}], "
+            f"label_name(s): {record['label_names']}")
+
+
+def main() -> None:
+    """Console entry point: a DeployError becomes one line on stderr and exit code 1 (traceback with -v)."""
+    try:
+        app()
+    except DeployError as exc:
+        if _STATE["verbose"]:
+            raise
+        _err(f"error: {exc}")
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
