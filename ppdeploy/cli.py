@@ -126,6 +126,67 @@ def run(images: Annotated[str, typer.Option("--images", help="An image file, a f
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
+@app.command()
+def parity(model: ModelArg = "ResNet50",
+           backends: Annotated[str, typer.Option("--backends", help="'all' or a comma list: paddle, onnx, "
+                                                 "onnx-fp16, openvino-int8, trt-fp16, ...")] = "all",
+           synthetic: SyntheticOpt = False,
+           fmt: FormatOpt = "json",
+           images: Annotated[Optional[str], typer.Option("--images", help="Your images (folder/glob); default: "
+                                                         "built-in sample photos.")] = None,
+           count: Annotated[int, typer.Option("--count", min=1, help="Sample photos when --images is not given.")
+                            ] = 100,
+           batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+           threads: Annotated[Optional[int], typer.Option("--threads")] = None,
+           json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON.")] = None,
+           junit_file: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML.")] = None,
+           atol: Annotated[Optional[float], typer.Option("--atol", help="Override every profile's max abs diff.")
+                           ] = None,
+           min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Override every profile's "
+                                                               "min cosine.")] = None,
+           min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Override every profile's top-1 "
+                                                             "agreement (0-1).")] = None) -> None:
+    """Check backends against native Paddle Inference on real images; exit 0 only if all pass."""
+    import dataclasses
+
+    from ppdeploy import parity as parity_mod
+    from ppdeploy.fsutil import atomic_write_text
+
+    changes = {k: v for k, v in (("max_abs", atol), ("min_cosine", min_cosine), ("min_top1", min_top1)) if v is not None}
+    overrides = {name: dataclasses.replace(p, **changes) for name, p in parity_mod.PROFILES.items()} if changes else None
+    report = parity_mod.parity(model, backends, synthetic=synthetic, fmt=fmt, images=images, count=count,
+                               batch_size=batch_size, threads=threads, overrides=overrides, log=_err)
+    typer.echo(report.render())
+    if json_file:
+        atomic_write_text(json_file, report.to_json())
+    if junit_file:
+        atomic_write_text(junit_file, report.to_junit())
+    if not report.passed:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@app.command("eval")
+def evaluate(model: ModelArg,
+             data: Annotated[Path, typer.Option("--data", help="PaddleClas labelled list: 'relative/path.jpg label' "
+                                                "per line (like val_list.txt).")],
+             backends: Annotated[str, typer.Option("--backends", help="Comma list; paddle is the reference.")
+                                 ] = "paddle,onnx,openvino",
+             root: Annotated[Optional[Path], typer.Option("--root", help="Folder the list's paths are relative to "
+                                                          "(default: the list's folder).")] = None,
+             synthetic: SyntheticOpt = False,
+             batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+             threads: Annotated[Optional[int], typer.Option("--threads")] = None) -> None:
+    """Top-1/Top-5 accuracy of each backend on a labelled list, side by side with Paddle Inference."""
+    from ppdeploy.evaluate import evaluate as run_eval
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    report = run_eval(model, names, data, root=root, synthetic=synthetic, batch_size=batch_size, threads=threads,
+                      log=_err)
+    typer.echo(report.render())
+    if any(r.status == "error" for r in report.results):
+        raise typer.Exit(EXIT_ERROR)
+
+
 def _format_record(record: dict) -> str:
     if "error" in record:
         return f"{record['filename']}:\terror: {record['error']}"

@@ -96,6 +96,7 @@ def convert_model(model: Any, target: str, *, options: ConvertOptions | None = N
         if not force and _is_valid(out_dir, wanted):
             _say(log, f"Reusing {target} artifact at {out_dir}")
             return out_dir
+        _remove_leftovers(out_dir)
         _say(log, f"Converting {getattr(model, 'name', paddle.directory.name)} to {target} ...")
         started = time.perf_counter()
         with staging_dir(out_dir) as tmp:
@@ -105,6 +106,14 @@ def convert_model(model: Any, target: str, *, options: ConvertOptions | None = N
             artifact_model_file(tmp)  # the converter must have written what it claims
         _say(log, f"Wrote {target} artifact to {out_dir} in {seconds:.1f} s")
     return out_dir
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Delete staging folders a killed conversion left beside ``out_dir`` (safe: we hold its lock)."""
+    import shutil
+
+    for leftover in out_dir.parent.glob(f".{out_dir.name}.*.partial"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _paddle(model: Any) -> PaddleModel:

@@ -1,0 +1,271 @@
+"""Find image files and decode them to RGB ``uint8`` arrays exactly as PaddleClas's Python deploy path does.
+
+PaddleClas (``deploy/python/predict_cls.py``) reads every file with ``cv2.imread(path)`` (``IMREAD_COLOR``) and
+flips BGR to RGB. :func:`decode_image` gives the same pixels, but reads the bytes with numpy and calls
+``cv2.imdecode(..., cv2.IMREAD_COLOR)`` so that any path (non-ASCII, spaces) works. What ``IMREAD_COLOR`` does to
+odd files is therefore the rule here, verified on OpenCV 5.0:
+
+- grayscale (and grayscale + alpha): the gray value is copied to R, G and B;
+- RGBA / LA: the alpha channel is dropped, colours are kept as stored (no compositing on any background);
+- palette images: expanded through the palette;
+- 16-bit PNG: the high byte is kept (``v >> 8``); 16-bit TIFF: OpenCV scales (``round(v / 257)``);
+- CMYK JPEG: converted to RGB by OpenCV;
+- EXIF orientation is applied (JPEG and PNG), as ``cv2.imread`` does by default;
+- animated GIF / multi-page TIFF: the first frame; floating-point TIFF: not decodable (``ImageError``).
+
+Files that are empty, truncated, not images, unreadable, or larger than the pixel limit raise :class:`ImageError`
+with one line naming the file, the reason and the fix. The pixel limit (default 89,478,485 like Pillow's, env
+``PPDEPLOY_MAX_PIXELS``, ``0`` disables it) is checked from the file header (read with Pillow when installed)
+before the full decode, and again on the decoded size.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ppdeploy.errors import DeployError, ImageError, one_line
+
+# PaddleClas lists jpg, jpeg, png and bmp; webp and tif/tiff are added because OpenCV decodes them too.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 89_478_485
+MAX_PIXELS_ENV = "PPDEPLOY_MAX_PIXELS"
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+_PIL_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+_REEXPORT = "re-copy or re-export the image"
+
+
+def _extensions_text() -> str:
+    return ", ".join(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an existing file with one of :data:`IMAGE_EXTENSIONS` (any case)."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def pixel_limit(value: int | None = None) -> int | None:
+    """Resolve the pixel limit.
+
+    Args:
+        value: an explicit limit; ``None`` reads ``$PPDEPLOY_MAX_PIXELS``, falling back to 89,478,485.
+
+    Returns:
+        The limit in pixels, or ``None`` when it is disabled (a value of 0).
+    """
+    if value is None:
+        raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not raw:
+            return DEFAULT_MAX_PIXELS
+        try:
+            value = int(raw.replace("_", ""))
+        except ValueError:
+            raise DeployError(one_line(f"{MAX_PIXELS_ENV}={raw!r}", "not an integer",
+                                       "set it to a pixel count, or 0 to disable the limit")) from None
+    if value < 0:
+        raise DeployError(one_line(f"max_pixels={value}", "is negative", "use a pixel count, or 0 to disable"))
+    return value or None
+
+
+# ---------------------------------------------------------------------------------------------------- listing
+
+
+def list_images(path: str | os.PathLike) -> list[Path]:
+    """List the image files named by ``path``, as PaddleClas's ``get_image_list`` does.
+
+    Args:
+        path: an image file, a folder (walked recursively; symlinked folders are followed once, so links that
+            loop are harmless), or a glob pattern (``**`` allowed).
+
+    Returns:
+        The files with an image extension (any case), sorted by path.
+
+    Raises:
+        ImageError: nothing matched, the path does not exist, or a named file has no image extension.
+    """
+    text = os.fspath(path)
+    target = Path(text).expanduser()
+    if target.is_dir():
+        found = _walk_folder(target)
+    elif target.is_file():
+        found = [_checked_file(target)]
+    elif any(char in text for char in "*?["):
+        found = _expand_glob(str(target))
+    else:
+        raise ImageError(one_line(f"image path '{text}'", "does not exist", "check the path"))
+    if not found:
+        raise ImageError(one_line(f"image path '{text}'", f"holds no image files ({_extensions_text()})",
+                                  "point at a folder or glob with images in it"))
+    return sorted(set(found), key=str)
+
+
+def _checked_file(path: Path) -> Path:
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise ImageError(one_line(f"image '{path}'", f"extension '{path.suffix}' is not an image extension",
+                                  f"use one of: {_extensions_text()}"))
+    return path
+
+
+def _walk_folder(folder: Path) -> list[Path]:
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        try:
+            stat = os.stat(root)
+        except OSError:
+            dirs[:] = []
+            continue
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen:  # a symlink back to a folder already walked: stop here instead of looping
+            dirs[:] = []
+            continue
+        seen.add(key)
+        dirs.sort()
+        found.extend(Path(root) / name for name in files if is_image_file(Path(root) / name))
+    return found
+
+
+def _expand_glob(pattern: str) -> list[Path]:
+    found: list[Path] = []
+    for match in glob.glob(pattern, recursive=True):
+        candidate = Path(match)
+        if candidate.is_dir():
+            found.extend(_walk_folder(candidate))
+        elif is_image_file(candidate):
+            found.append(candidate)
+    return found
+
+
+# --------------------------------------------------------------------------------------------------- decoding
+
+
+def decode_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
+    """Decode one image file to an RGB ``uint8`` array of shape (H, W, 3), as ``cv2.imread`` + BGR→RGB would.
+
+    Args:
+        path: the image file.
+        max_pixels: largest accepted width x height; ``None`` uses ``$PPDEPLOY_MAX_PIXELS`` or the default,
+            0 disables the check.
+
+    Raises:
+        ImageError: the file is missing, unreadable, empty, truncated, not an image, or above the pixel limit.
+    """
+    path = Path(path)
+    limit = pixel_limit(max_pixels)
+    data = _read_bytes(path)
+    if limit is not None:
+        _check_header_size(path, data, limit)
+    kind = _sniff_format(data)
+    if kind == "JPEG" and _jpeg_is_truncated(data):
+        raise ImageError(one_line(f"image '{path}'", "JPEG data is truncated", _REEXPORT))
+    bgr = _imdecode(data)
+    if bgr is None:
+        raise ImageError(_undecodable_message(path, kind))
+    if limit is not None:
+        _check_pixels(path, bgr.shape[1], bgr.shape[0], limit)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _read_bytes(path: Path) -> bytes:
+    subject = f"image '{path}'"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(one_line(subject, "file not found", "check the path")) from None
+    except IsADirectoryError:
+        raise ImageError(one_line(subject, "is a folder, not a file", "use list_images() for folders")) from None
+    except OSError as exc:
+        raise ImageError(one_line(subject, f"cannot be read: {exc.strerror or exc}",
+                                  "check that the file exists and is readable")) from None
+    if not data:
+        raise ImageError(one_line(subject, "file is empty (0 bytes)", _REEXPORT))
+    return data
+
+
+def _sniff_format(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def _check_pixels(path: Path, width: int, height: int, limit: int) -> None:
+    if width * height > limit:
+        raise ImageError(one_line(f"image '{path}'", f"{width}x{height} = {width * height:,} pixels is above the "
+                                  f"limit of {limit:,}",
+                                  f"downscale it, or raise the limit ({MAX_PIXELS_ENV} or max_pixels=; 0 disables)"))
+
+
+def _check_header_size(path: Path, data: bytes, limit: int) -> None:
+    """Refuse an oversized image from its header, before the pixels are decoded (needs Pillow)."""
+    try:
+        from PIL import Image
+    except ImportError:  # the decoded size is still checked afterwards
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
+                width, height = img.size
+        except Image.DecompressionBombError:
+            pil_limit = Image.MAX_IMAGE_PIXELS
+            if pil_limit is not None and limit <= 2 * pil_limit:  # Pillow refuses above twice its own limit
+                raise ImageError(one_line(f"image '{path}'", f"more than {2 * pil_limit:,} pixels, above the "
+                                          f"limit of {limit:,}", "downscale it")) from None
+            return
+        except Exception:  # noqa: BLE001 - Pillow raises many kinds on odd headers; OpenCV decides then
+            return
+    _check_pixels(path, width, height, limit)
+
+
+def _jpeg_is_truncated(data: bytes) -> bool:
+    """A JPEG ends with the EOI marker; when it does not, let Pillow tell truncation from trailing bytes."""
+    if data.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
+        return False
+    try:
+        from PIL import Image
+    except ImportError:
+        return b"\xff\xd9" not in data[-65536:]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:
+                img.load()
+    except OSError as exc:
+        return "truncated" in str(exc)
+    except Exception:  # noqa: BLE001 - anything but truncation is for OpenCV to judge
+        return False
+    return False
+
+
+def _imdecode(data: bytes) -> np.ndarray | None:
+    try:
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+
+
+def _undecodable_message(path: Path, kind: str | None) -> str:
+    subject = f"image '{path}'"
+    if kind is None:
+        return one_line(subject, "not an image (unknown file format)",
+                        f"pass an image file ({_extensions_text()})")
+    return one_line(subject, f"{kind} data is corrupt, truncated or of an unsupported kind", _REEXPORT)

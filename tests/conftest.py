@@ -1,0 +1,41 @@
+"""Shared fixtures: a session-wide ppdeploy cache and synthetic zoo models exported once per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Every test session gets its own cache unless CI or the user chose one, so tests never touch ~/.cache.
+os.environ.setdefault("PPDEPLOY_HOME", tempfile.mkdtemp(prefix="ppdeploy-test-home-"))
+
+
+@pytest.fixture(scope="session")
+def ppdeploy_home() -> Path:
+    return Path(os.environ["PPDEPLOY_HOME"])
+
+
+@pytest.fixture(scope="session")
+def synthetic_model():
+    """Factory: ``synthetic_model("ResNet18", "json")`` → a resolved model exported once per session."""
+    from ppdeploy.models.resolve import resolve_model
+
+    cache: dict = {}
+
+    def make(name: str = "ResNet18", fmt: str = "json"):
+        if (name, fmt) not in cache:
+            cache[name, fmt] = resolve_model(name, synthetic=True, fmt=fmt)
+        return cache[name, fmt]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Real photos (scikit-image's data) and their names."""
+    from ppdeploy.samples import sample_images
+
+    images = sample_images(16)
+    return images, [f"sample_{i:03d}" for i in range(len(images))]
