@@ -57,8 +57,8 @@ def model_cache_dir(spec: ModelSpec) -> Path:
 
 def offline_hint(spec: ModelSpec) -> str:
     """What to do when the official archive cannot be downloaded."""
-    return (f"offline? pass a local model folder instead (--model-dir DIR, or the folder path as MODEL), "
-            f"use --synthetic, or set PPDEPLOY_MODEL_BASE_URL to a mirror serving {spec.archive_name}")
+    return ("offline? give a local Paddle model folder in place of the zoo name, use --synthetic, "
+            f"or set PPDEPLOY_MODEL_BASE_URL to a mirror serving {spec.archive_name}")
 
 
 def fetch_model(spec: ModelSpec, *, progress: bool = True, timeout: float = 60,
