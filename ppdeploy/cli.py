@@ -187,6 +187,14 @@ def evaluate(model: ModelArg,
         raise typer.Exit(EXIT_ERROR)
 
 
+@app.command()
+def doctor() -> None:
+    """Installed backends and versions, CPU ISA and GPUs, the precision each backend really uses here."""
+    from ppdeploy.doctor import diagnose
+
+    typer.echo(diagnose().render())
+
+
 def _format_record(record: dict) -> str:
     if "error" in record:
         return f"{record['filename']}:\terror: {record['error']}"
