@@ -1,0 +1,192 @@
+"""OpenVINO targets (openvino, openvino-fp16, openvino-int8) from ResNet18 in both Paddle formats: .pdmodel read
+directly, .json through ONNX. Checked against Paddle Inference on real photos, with the precision each one
+really computes in."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ppdeploy.artifacts import load_manifest
+from ppdeploy.converters import to_openvino
+from ppdeploy.converters.base import ConvertOptions
+from ppdeploy.converters.pipeline import convert_model
+from ppdeploy.errors import ArtifactError, ConversionError, InputSpecError
+from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
+from ppdeploy.runtimes.paddle_infer import PaddleRuntime
+
+ov = pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from ppdeploy.runtimes.ov import OpenVinoRuntime, native_precisions  # noqa: E402
+
+TARGETS = ("openvino", "openvino-fp16", "openvino-int8")
+# Measured on seeded ResNet18/50 (logits scaled to std 2.5), 50 photo variations, f32 compute:
+# fp32 max abs 1.1e-6; fp16 weights cosine >= 0.999992, max abs 9.6e-4; int8 cosine >= 0.9908 (R50),
+# 0.9990 (R18), top-1 agreement 50/50; bf16 compute on the fp32 IR: max abs 8e-3 to 1e-2.
+FP32_ATOL = 1e-5
+FP16_MIN_COSINE = 0.9999
+FP16_MAX_ABS = 5e-3
+INT8_MIN_COSINE = 0.99
+INT8_MIN_TOP1 = 0.9
+BF16_FAULT_MIN_DIFF = 1e-4
+
+
+@pytest.fixture(scope="module", params=["pdmodel", "json"])
+def fmt(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def case(fmt, synthetic_model, photos, tmp_path_factory):
+    """One Paddle model, its three OpenVINO artifacts, a photo batch and Paddle's answer on it."""
+    model = synthetic_model("ResNet18", fmt)
+    root = tmp_path_factory.mktemp(f"openvino-{fmt}")
+    artifacts = {target: convert_model(model, target, out_dir=root / target) for target in TARGETS}
+    batch = preprocess_batch(photos[0], PreprocessConfig.from_spec(model.spec))
+    with PaddleRuntime(model.paddle.directory) as paddle:
+        reference = paddle.infer(batch)
+    return {"fmt": fmt, "model": model, "artifacts": artifacts, "batch": batch, "reference": reference}
+
+
+def _run(artifact: Path, batch: np.ndarray, **kwargs) -> tuple[np.ndarray, dict[str, str]]:
+    with OpenVinoRuntime(artifact, **kwargs) as runtime:
+        return runtime.infer(batch), dict(runtime.details)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def _copy(artifact: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(artifact, tmp_path / artifact.name))
+
+
+def test_fp32_matches_paddle_in_f32(case):
+    out, details = _run(case["artifacts"]["openvino"], case["batch"])
+    assert out.shape == case["reference"].shape
+    assert np.abs(out - case["reference"]).max() <= FP32_ATOL
+    assert (out.argmax(1) == case["reference"].argmax(1)).all()
+    assert details["inference_precision"] == "f32"  # read back from the compiled model, not the request
+    manifest = load_manifest(case["artifacts"]["openvino"])
+    assert manifest["precision"] == "fp32" and manifest["inference_precision"] == "f32"
+    assert manifest["openvino_frontend"] == ("paddle" if case["fmt"] == "pdmodel" else "onnx")
+
+
+def test_fp32_ir_is_fp32_and_twice_the_fp16_ir(case):
+    fp32, fp16 = (load_manifest(case["artifacts"][t]) for t in ("openvino", "openvino-fp16"))
+    assert "f16" not in fp32["ir_constant_types"] and fp32["ir_constant_types"]["f32"] > 0
+    assert "f32" not in fp16["ir_constant_types"] and fp16["ir_constant_types"]["f16"] > 0
+    ratio = fp32["files"]["model.bin"] / fp16["files"]["model.bin"]
+    assert 1.9 < ratio < 2.1
+
+
+def test_fp16_close_to_paddle_and_never_bf16(case):
+    out, details = _run(case["artifacts"]["openvino-fp16"], case["batch"])
+    reference = case["reference"]
+    assert _cosine(out, reference).min() >= FP16_MIN_COSINE
+    assert np.abs(out - reference).max() <= FP16_MAX_ABS
+    assert (out.argmax(1) == reference.argmax(1)).all()
+    manifest = load_manifest(case["artifacts"]["openvino-fp16"])
+    assert manifest["precision"] == "fp16"
+    wanted = "f16" if "f16" in native_precisions(ov.Core(), "CPU") else "f32"
+    assert manifest["inference_precision"] == wanted == details["inference_precision"]
+
+
+def test_int8_close_to_paddle(case):
+    out, details = _run(case["artifacts"]["openvino-int8"], case["batch"])
+    reference = case["reference"]
+    assert _cosine(out, reference).min() >= INT8_MIN_COSINE
+    assert (out.argmax(1) == reference.argmax(1)).mean() >= INT8_MIN_TOP1
+    assert details["inference_precision"] == "f32"
+
+
+def test_int8_manifest_records_calibration(case):
+    from ppdeploy.samples import calibration_hash
+
+    manifest = load_manifest(case["artifacts"]["openvino-int8"])
+    assert manifest["precision"] == "int8" and manifest["backend"] == "openvino"
+    assert manifest["calibration_hash"] == calibration_hash(n=64, images_dir=None)
+    assert manifest["calibration_count"] == 64
+    assert manifest["quantization"]["fake_quantize_nodes"] > 0
+    assert "f16" not in to_openvino.ir_constant_types(case["artifacts"]["openvino-int8"] / "model.xml")
+
+
+def test_bf16_override_is_a_measurable_fault(case):
+    if "bf16" not in native_precisions(ov.Core(), "CPU"):
+        pytest.skip("this CPU has no native bf16: the planted fault cannot show here")
+    out, details = _run(case["artifacts"]["openvino"], case["batch"], precision_override="bf16")
+    diff = float(np.abs(out - case["reference"]).max())
+    assert diff > BF16_FAULT_MIN_DIFF, f"bf16 compute gave only {diff:.2e}"
+    assert details["inference_precision"] == "bf16"
+    assert details["precision_override"].startswith("bf16")
+
+
+def test_dynamic_batch_and_options(case):
+    batch = case["batch"][:3]
+    with OpenVinoRuntime(case["artifacts"]["openvino"], threads=1, performance_hint="throughput") as runtime:
+        assert runtime.inputs[0].shape == (None, 3, 224, 224)
+        assert runtime.outputs[0].shape == (None, 1000)
+        whole = runtime.infer(batch)
+        first = runtime.infer(batch[:1])
+        assert runtime.details["threads"] == "1" and runtime.details["performance_hint"] == "THROUGHPUT"
+    np.testing.assert_allclose(first, whole[:1], atol=1e-6)
+    with pytest.raises(InputSpecError):
+        OpenVinoRuntime(case["artifacts"]["openvino"], performance_hint="fastest")
+
+
+def test_auto_device_reports_the_real_precision(case):
+    _, details = _run(case["artifacts"]["openvino"], case["batch"][:1], device="auto", threads=1)
+    assert details["device"].startswith("AUTO") and details["inference_precision"] == "f32"
+
+
+def test_missing_bin_is_one_line_artifact_error(case, tmp_path):
+    artifact = _copy(case["artifacts"]["openvino"], tmp_path)
+    (artifact / "model.bin").unlink()
+    with pytest.raises(ArtifactError) as err:
+        OpenVinoRuntime(artifact)
+    assert "model.bin" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated_xml", "truncated_bin"])
+def test_corrupt_ir_is_one_line_artifact_error(case, tmp_path, damage):
+    artifact = _copy(case["artifacts"]["openvino"], tmp_path)
+    name = "model.xml" if damage == "truncated_xml" else "model.bin"
+    path = artifact / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ArtifactError) as err:
+        OpenVinoRuntime(artifact)
+    assert "model.xml" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_f16_request_falls_back_up_not_down(case, tmp_path):
+    """An artifact asking for f16 compute on a CPU without native fp16 runs f32, never OpenVINO's bf16."""
+    artifact = _copy(case["artifacts"]["openvino-fp16"], tmp_path)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    (artifact / "manifest.json").write_text(json.dumps({**manifest, "inference_precision": "f16"}))
+    _, details = _run(artifact, case["batch"][:1])
+    if "f16" in native_precisions(ov.Core(), "CPU"):
+        assert details["inference_precision"] == "f16"
+    else:
+        assert details["inference_precision"] == "f32"
+        assert "no native f16" in details["precision_note"]
+
+
+def test_pir_json_is_refused_directly_with_the_way_out(synthetic_model, tmp_path):
+    model = synthetic_model("ResNet18", "json")
+    with pytest.raises(ConversionError, match="through ONNX"):
+        to_openvino.convert(model.paddle.model_file, tmp_path, ConvertOptions(target="openvino"))
+
+
+def test_import_does_not_load_backends():
+    code = ("import sys, ppdeploy.runtimes, ppdeploy.converters.to_openvino, ppdeploy.converters.openvino_int8, "
+            "ppdeploy.converters.onnx_to_trt; "
+            "print(sorted(m for m in ('openvino', 'nncf', 'tensorrt', 'cuda') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
