@@ -1,0 +1,131 @@
+"""Paddle Inference backend: the reference every other backend is compared against."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ppdeploy.errors import ArtifactError, BackendUnavailableError, one_line
+from ppdeploy.models.paddle_files import PaddleModel, find_paddle_model
+from ppdeploy.runtimes.base import Runtime, TensorSpec, register_runtime
+
+GPU_HINT = ("install paddlepaddle-gpu on a CUDA machine (PyPI has 2.6.2 for CUDA 11.8, which reads .pdmodel "
+            "only; Paddle 3 GPU wheels come from paddlepaddle.org.cn)")
+# Load errors that come from the weights file rather than the program.
+_PARAMS_ERROR = re.compile(r"param|tensor desc|load_combine|pdiparams", re.IGNORECASE)
+
+
+@register_runtime
+class PaddleRuntime(Runtime):
+    """Paddle Inference predictor over a Paddle model folder (``inference.json`` or ``.pdmodel``).
+
+    CPU runs with oneDNN and ``threads`` math threads (all cores by default); GPU needs a CUDA build of
+    Paddle and a visible device.
+    """
+
+    name = "paddle"
+    requires = ("paddle",)
+    install_hint = "pip install paddlepaddle"
+    devices = ("cpu", "gpu")
+
+    def _load(self) -> None:
+        import paddle.inference as pi
+
+        model = find_paddle_model(self.artifact_dir)
+        config = pi.Config(str(model.model_file), str(model.params_file))  # explicit files: json and pdmodel
+        config.disable_glog_info()
+        threads = self.threads or os.cpu_count() or 1
+        if self.device == "gpu":
+            _enable_gpu(config)
+        else:
+            config.disable_gpu()
+            config.enable_onednn()
+            config.set_cpu_math_library_num_threads(threads)
+        self._predictor = _create_predictor(pi, config, model)
+        self._input = self._predictor.get_input_handle(self._predictor.get_input_names()[0])
+        self._output = self._predictor.get_output_handle(self._predictor.get_output_names()[0])
+        shapes = declared_shapes(model)
+        self.inputs = (_spec(self._predictor.get_input_names()[0], self._input, shapes, rank=4),)
+        self.outputs = (_spec(self._predictor.get_output_names()[0], self._output, shapes, rank=2),)
+        self.details = {"precision": "fp32", "device": self.device, "format": model.fmt,
+                        "onednn": "on" if self.device == "cpu" else "off",
+                        "threads": str(threads) if self.device == "cpu" else "n/a"}
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        self._input.reshape(list(batch.shape))
+        self._input.copy_from_cpu(batch)
+        self._predictor.run()
+        return self._output.copy_to_cpu()
+
+    def close(self) -> None:
+        self._predictor = self._input = self._output = None
+        super().close()
+
+
+def _enable_gpu(config) -> None:
+    import paddle
+
+    if not paddle.device.is_compiled_with_cuda():
+        raise BackendUnavailableError(one_line("backend 'paddle' on gpu", "this Paddle build has no CUDA",
+                                               GPU_HINT))
+    if paddle.device.cuda.device_count() < 1:
+        raise BackendUnavailableError(one_line("backend 'paddle' on gpu", "no CUDA device is visible",
+                                               "check nvidia-smi and CUDA_VISIBLE_DEVICES"))
+    config.enable_use_gpu(256, 0)
+
+
+def _create_predictor(pi, config, model: PaddleModel):
+    try:
+        return pi.create_predictor(config)
+    except Exception as exc:  # Paddle's C++ enforce errors arrive as RuntimeError/ValueError
+        reason = _first_line(exc)
+        culprit = model.params_file if _PARAMS_ERROR.search(str(exc)) else model.model_file
+        raise ArtifactError(one_line(str(culprit), f"Paddle cannot load the model ({reason})",
+                                     "the file looks truncated or damaged: export or download the model again"
+                                     )) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and not set(line) <= set("-=") and "Traceback" not in line]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _spec(name: str, handle, shapes: dict[str, tuple[int | None, ...]], rank: int) -> TensorSpec:
+    # Before the first run Paddle's handles report shape [0]; the program's declared shape is the real spec.
+    shape = shapes.get(name, (None,) * rank)
+    dtype = str(handle.type()).rsplit(".", 1)[-1].lower()
+    return TensorSpec(name, shape, dtype)
+
+
+def declared_shapes(model: PaddleModel) -> dict[str, tuple[int | None, ...]]:
+    """Declared shapes of the model's feed and fetch variables (``-1`` → ``None``); ``{}`` if unreadable."""
+    try:
+        raw = _json_shapes(model.model_file) if model.fmt == "json" else _pdmodel_shapes(model.model_file)
+    except Exception:  # an unknown format revision only costs the static dims in the spec
+        return {}
+    return {name: tuple(None if dim < 0 else int(dim) for dim in dims) for name, dims in raw.items()}
+
+
+def _json_shapes(path: Path) -> dict[str, list[int]]:
+    ops = json.loads(path.read_text())["program"]["regions"][0]["blocks"][0]["ops"]
+    shapes = {}
+    for op in ops:
+        if op.get("#") in ("1.data", "1.fetch"):
+            attrs = {attr["N"]: attr["AT"]["D"] for attr in op.get("A", [])}
+            shapes[attrs["name"]] = op["O"][0]["TT"]["D"][1] if op.get("O") else attrs.get("shape", [])
+    return shapes
+
+
+def _pdmodel_shapes(path: Path) -> dict[str, list[int]]:
+    from paddle.base.proto import framework_pb2
+
+    block = framework_pb2.ProgramDesc.FromString(path.read_bytes()).blocks[0]
+    tensors = {var.name: var.type.dense_tensor.tensor for var in block.vars}
+    names = [arg for op in block.ops if op.type == "feed" for out in op.outputs for arg in out.arguments]
+    names += [arg for op in block.ops if op.type == "fetch" for inp in op.inputs for arg in inp.arguments]
+    return {name: list(tensors[name].dims) for name in names if name in tensors}

@@ -1,0 +1,213 @@
+"""ONNX targets (onnx, onnx-fp16, onnx-int8) from ResNet18 in both Paddle formats, checked against Paddle Inference."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ppdeploy.artifacts import load_manifest
+from ppdeploy.converters import paddle_to_onnx
+from ppdeploy.converters.base import ConvertOptions
+from ppdeploy.converters.pipeline import convert_model
+from ppdeploy.errors import ConversionError
+from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
+from ppdeploy.runtimes.ort import OrtRuntime
+from ppdeploy.runtimes.paddle_infer import PaddleRuntime
+
+onnx = pytest.importorskip("onnx")
+
+TARGETS = ("onnx", "onnx-fp16", "onnx-int8")
+# Thresholds, from measurements on the seeded ResNet18 (trained-looking softmax: top-1 probability 0.2-0.99) and
+# the 16 sample photos:
+# - fp32: max abs diff 4.3e-5 on softmax outputs. That is Paddle's oneDNN summation order: Paddle with and
+#   without oneDNN differ by 3.6e-5 themselves, ONNX Runtime against Paddle without oneDNN by 1.3e-5.
+# - fp16: worst cosine 0.99972 (max abs diff 0.012), all top-1 equal.
+# - int8: worst cosine 0.80, median 0.93, 11/16 top-1 equal; the log-probability cosine (which a broken
+#   calibration or scale drives to ~0.2) is >= 0.968. Random conv weights amplify quantization noise: int8
+#   per-channel weight rounding alone, with fp32 activations, already gives worst cosine 0.78 and 13/16 top-1
+#   on held-out photos, so no calibration can reach the 0.99 cosine a trained ResNet gets.
+FP32_ATOL = 1e-4
+FP16_MIN_COSINE = 0.999
+INT8_MEDIAN_COSINE = 0.85
+INT8_MIN_LOGPROB_COSINE = 0.9
+INT8_MIN_TOP1_AGREEMENT = 0.5
+
+
+@pytest.fixture(scope="module", params=["json", "pdmodel"])
+def fmt(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def case(fmt, synthetic_model, photos, tmp_path_factory):
+    """One Paddle model, its three ONNX artifacts, a photo batch and Paddle's answer on it."""
+    model = synthetic_model("ResNet18", fmt)
+    root = tmp_path_factory.mktemp(f"onnx-{fmt}")
+    artifacts = {target: convert_model(model, target, out_dir=root / target) for target in TARGETS}
+    batch = preprocess_batch(photos[0], PreprocessConfig.from_spec(model.spec))
+    with PaddleRuntime(model.paddle.directory) as paddle:
+        reference = paddle.infer(batch)
+    return {"model": model, "artifacts": artifacts, "batch": batch, "reference": reference}
+
+
+def _run(artifact: Path, batch: np.ndarray) -> np.ndarray:
+    with OrtRuntime(artifact) as runtime:
+        return runtime.infer(batch)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_fp32_matches_paddle(case):
+    out = _run(case["artifacts"]["onnx"], case["batch"])
+    assert out.shape == case["reference"].shape
+    assert np.abs(out - case["reference"]).max() <= FP32_ATOL
+    assert (out.argmax(1) == case["reference"].argmax(1)).all()
+
+
+def test_fp16_close_to_paddle(case):
+    out = _run(case["artifacts"]["onnx-fp16"], case["batch"])
+    assert _cosine(out, case["reference"]).min() >= FP16_MIN_COSINE
+    assert (out.argmax(1) == case["reference"].argmax(1)).all()
+
+
+def test_int8_close_to_paddle(case):
+    out = _run(case["artifacts"]["onnx-int8"], case["batch"])
+    reference = case["reference"]
+    assert np.median(_cosine(out, reference)) >= INT8_MEDIAN_COSINE
+    assert _cosine(_centred_log(out), _centred_log(reference)).min() >= INT8_MIN_LOGPROB_COSINE
+    assert (out.argmax(1) == reference.argmax(1)).mean() >= INT8_MIN_TOP1_AGREEMENT
+
+
+def _centred_log(probs: np.ndarray) -> np.ndarray:
+    """Log-probabilities minus their mean: the logits up to rounding, where the small classes count too."""
+    logs = np.log(np.maximum(probs, 1e-30))
+    return logs - logs.mean(1, keepdims=True)
+
+
+def test_onnx_is_folded_with_symbolic_batch(case):
+    manifest = load_manifest(case["artifacts"]["onnx"])
+    model = onnx.load(str(case["artifacts"]["onnx"] / manifest["model_file"]))
+    ops = {node.op_type for node in model.graph.node}
+    assert "BatchNormalization" not in ops and "Constant" not in ops
+    assert manifest["batchnorm_nodes"] == 0
+    assert manifest["batchnorm_folded"] == sum(node.op_type == "Conv" for node in model.graph.node) >= 20
+    assert manifest["optimize_tool"] == "none" and manifest["opset"] == 17
+    assert manifest["paddle_format"] == case["model"].paddle.fmt
+    for value in (model.graph.input[0], model.graph.output[0]):
+        assert value.type.tensor_type.shape.dim[0].dim_param == paddle_to_onnx.BATCH_DIM
+    for batch in (1, 3):  # the symbolic batch really is dynamic
+        assert _run(case["artifacts"]["onnx"], case["batch"][:batch]).shape == (batch, 1000)
+
+
+def test_fp16_has_fp16_weights_and_fp32_io(case):
+    manifest = load_manifest(case["artifacts"]["onnx-fp16"])
+    model = onnx.load(str(case["artifacts"]["onnx-fp16"] / manifest["model_file"]))
+    assert manifest["precision"] == "fp16"
+    weights = [init for init in model.graph.initializer if len(init.dims) == 4]
+    assert weights and all(init.data_type == onnx.TensorProto.FLOAT16 for init in weights)
+    for value in (model.graph.input[0], model.graph.output[0]):
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_int8_is_symmetric_qdq_with_fp32_head(case):
+    from ppdeploy.converters.onnx_int8 import check_symmetric
+
+    manifest = load_manifest(case["artifacts"]["onnx-int8"])
+    path = case["artifacts"]["onnx-int8"] / manifest["model_file"]
+    assert manifest["precision"] == "int8" and manifest["symmetric"] and manifest["per_channel"]
+    assert manifest["calibration_count"] == 64 and len(manifest["calibration_hash"]) == 64
+    assert check_symmetric(path) == manifest["quantize_nodes"] > 0  # raises on any non-zero zero point
+    model = onnx.load(str(path))
+    gemms = [node for node in model.graph.node if node.op_type in ("Gemm", "MatMul")]
+    assert gemms and all(node.name in manifest["fp32_nodes"] for node in gemms)
+
+
+def test_no_polygraphy_autoinstall_left_set(case):
+    # Conversions ran in this process (fixtures above); paddle2onnx's default sets this to "1" for good.
+    assert os.environ.get(paddle_to_onnx.AUTOINSTALL_ENV) in (None, "0")
+    assert paddle_to_onnx._child_env()[paddle_to_onnx.AUTOINSTALL_ENV] == "0"
+
+
+def test_autoinstall_guard_restores_environment(monkeypatch):
+    monkeypatch.setenv(paddle_to_onnx.AUTOINSTALL_ENV, "keep-me")
+    with paddle_to_onnx.autoinstall_guard():
+        assert os.environ[paddle_to_onnx.AUTOINSTALL_ENV] == "0"
+        os.environ[paddle_to_onnx.AUTOINSTALL_ENV] = "1"  # what paddle2onnx's polygraphy path does
+    assert os.environ[paddle_to_onnx.AUTOINSTALL_ENV] == "keep-me"
+    monkeypatch.delenv(paddle_to_onnx.AUTOINSTALL_ENV)
+    with paddle_to_onnx.autoinstall_guard():
+        os.environ[paddle_to_onnx.AUTOINSTALL_ENV] = "1"
+    assert paddle_to_onnx.AUTOINSTALL_ENV not in os.environ
+
+
+@pytest.mark.parametrize("opset", [7, 12, 22, 23])
+def test_opset_out_of_range_rejected_before_paddle2onnx(opset, tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("paddle2onnx must not run")
+
+    monkeypatch.setattr(subprocess, "run", forbidden)
+    out = tmp_path / "out"
+    out.mkdir()
+    # The source does not even exist: the opset is the first thing checked.
+    with pytest.raises(ConversionError, match=rf"opset {opset} \| not supported \| choose an opset from 13 to 21"):
+        paddle_to_onnx.convert(tmp_path / "inference.json", out, ConvertOptions(opset=opset))
+    with pytest.raises(ConversionError, match="not supported"):
+        paddle_to_onnx.run_paddle2onnx(tmp_path / "inference.json", tmp_path / "inference.pdiparams", opset)
+    assert not any(out.iterdir())
+
+
+def test_paddle2onnx_failure_is_one_line(tmp_path):
+    src = tmp_path / "broken"
+    src.mkdir()
+    (src / "inference.json").write_text('{"not": "a paddle program"}')
+    (src / "inference.pdiparams").write_bytes(bytes(64))
+    with pytest.raises(ConversionError) as err:
+        paddle_to_onnx.convert(src / "inference.json", tmp_path / "out", ConvertOptions())
+    message = str(err.value)
+    assert "\n" not in message and "paddle2onnx failed" in message and str(src / "inference.json") in message
+
+
+def test_missing_params_file_named(tmp_path):
+    (tmp_path / "inference.json").write_text("{}")
+    with pytest.raises(ConversionError, match="inference.pdiparams \\| missing"):
+        paddle_to_onnx.convert(tmp_path / "inference.json", tmp_path, ConvertOptions())
+
+
+def test_fold_batchnorm_is_exact():
+    """Conv(+bias) → BatchNorm folds to one Conv with the same outputs; a BN after a non-Conv stays."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    params = {"w": rng.standard_normal((4, 3, 3, 3)), "b": rng.standard_normal(4),
+              "scale": rng.random(4) + 0.5, "bias": rng.standard_normal(4),
+              "mean": rng.standard_normal(4) * 0.1, "var": rng.random(4) + 0.5}
+    inits = [numpy_helper.from_array(value.astype(np.float32), name) for name, value in params.items()
+             if name != "scale"]
+    inits += [numpy_helper.from_array(value.astype(np.float32), f"{name}2") for name, value in params.items()
+              if name in ("scale", "bias", "mean", "var")]
+    # paddle2onnx keeps weights in Constant nodes: one here too.
+    nodes = [helper.make_node("Constant", [], ["scale"],
+                              value=numpy_helper.from_array(params["scale"].astype(np.float32))),
+             helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["y"], epsilon=1e-3),
+             helper.make_node("Relu", ["y"], ["r"]),
+             helper.make_node("BatchNormalization", ["r", "scale2", "bias2", "mean2", "var2"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    folded = paddle_to_onnx.fold_batchnorm(model)
+    assert [node.op_type for node in folded.graph.node] == ["Conv", "Relu", "BatchNormalization"]
+    assert {init.name for init in folded.graph.initializer}.isdisjoint({"w", "b", "scale", "mean"})
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    np.testing.assert_allclose(run(folded), run(model), atol=1e-5)
