@@ -23,6 +23,10 @@ class ModelNotFoundError(DeployError):
     """A model name or directory cannot be resolved."""
 
 
+class WeightsMismatchError(DeployError):
+    """A weights file's parameter names or shapes do not fit the architecture it is loaded into."""
+
+
 class DownloadError(DeployError):
     """A download failed, was truncated, or its archive is unsafe."""
 

@@ -1,0 +1,501 @@
+"""Export a zoo ResNet as a Paddle inference model, the way PaddleClas's ``tools/export_model.py`` does.
+
+The exported program takes ``x`` float32 ``[N, 3, H, W]`` (dynamic batch) and ends with a softmax over the
+classes. Beside it go ``inference_cls.yaml`` (PaddleClas's deploy config layout) and ``export.json`` (what was
+exported, how, and how long it took). Two formats:
+
+- ``json``: Paddle 3 PIR, ``inference.json`` + ``inference.pdiparams`` (Paddle's default);
+- ``pdmodel``: the legacy ProgramDesc, ``inference.pdmodel`` + ``inference.pdiparams`` (+ ``.info``), which
+  OpenVINO reads. Paddle writes it only when ``FLAGS_enable_pir_api=0`` is in the environment before it is
+  imported.
+
+A process exports its own format (:func:`native_format`) in-process; the other one runs in a child process
+(``python -m ppdeploy.models.export``) started with the flag set accordingly.
+
+The weights are either a PaddleClas ``.pdparams`` or seeded random numbers whose BatchNorm statistics are
+measured on real photos and whose classifier is scaled so that predictions look like a trained model's.
+Everything is written into a staging folder first: a failed or killed export leaves nothing at ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ppdeploy import errors
+from ppdeploy.errors import ConversionError, DeployError, ModelNotFoundError, WeightsMismatchError, one_line
+from ppdeploy.fsutil import atomic_write_text, staging_dir
+from ppdeploy.models.paddle_files import PREFIX
+from ppdeploy.models.zoo import ModelSpec, get_model
+
+if TYPE_CHECKING:
+    import paddle
+
+FORMATS = ("json", "pdmodel")
+MODEL_FILES = {"json": ("inference.json", "inference.pdiparams"),
+               "pdmodel": ("inference.pdmodel", "inference.pdiparams")}
+PIR_FLAG = "FLAGS_enable_pir_api"
+CALIBRATION_IMAGES = 16  # real photos whose statistics set the BatchNorm buffers of synthetic weights
+TARGET_MEDIAN_TOP1 = 0.5  # median top-1 probability the synthetic classifier is scaled to, on those photos
+RESIDUAL_GAIN = 0.05  # scale of each residual branch's last BatchNorm in synthetic weights
+
+_ERROR_LINE = re.compile(r"^(\w+Error): (.*)$")
+
+
+def export_model(spec: ModelSpec, out_dir: str | os.PathLike, *, weights: str | os.PathLike | None = None,
+                 synthetic: bool = False, fmt: str = "json", seed: int = 0,
+                 calib_images: Sequence[np.ndarray] | None = None) -> Path:
+    """Write ``spec`` as a Paddle inference model into ``out_dir`` (replacing what is there, atomically).
+
+    Args:
+        spec: the zoo entry to export.
+        out_dir: the folder to create; an existing one is replaced only once the export has succeeded.
+        weights: a PaddleClas ``.pdparams`` for ``spec``. It is a pickle, and unpickling runs code: pass only
+            files you trust. Its names and shapes must match the architecture exactly.
+        synthetic: use seeded random weights instead (predictions are meaningless, but look realistic).
+        fmt: ``"json"`` (Paddle 3 PIR) or ``"pdmodel"`` (legacy ProgramDesc); a format other than this
+            process's :func:`native_format` is exported in a child process.
+        seed: seeds the synthetic weights; the same seed gives the same weights.
+        calib_images: RGB ``uint8`` photos to measure the synthetic BatchNorm statistics on; ``None`` uses
+            :data:`CALIBRATION_IMAGES` of :func:`ppdeploy.samples.sample_images`.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        DeployError: bad options (unknown format, neither or both of ``weights`` and ``synthetic``).
+        ModelNotFoundError: the weights file does not exist.
+        WeightsMismatchError: the weights file is unreadable, or its names or shapes do not fit ``spec``.
+        ConversionError: Paddle failed to save the model (or the child process failed).
+    """
+    _check_options(spec, weights=weights, synthetic=synthetic, fmt=fmt)
+    weights = Path(weights) if weights is not None else None
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    with staging_dir(out_dir) as staging:
+        if fmt == native_format():
+            export_into(spec, staging, weights=weights, fmt=fmt, seed=seed, calib_images=calib_images)
+        else:
+            _export_in_child(spec, staging, weights=weights, fmt=fmt, seed=seed, calib_images=calib_images)
+        write_deploy_yaml(spec, staging)
+        record = {"model": spec.name, "synthetic": weights is None, "seed": seed if weights is None else None,
+                  "format": fmt, "weights": str(weights.resolve()) if weights else None,
+                  "input_shape": [None, 3, spec.input_size, spec.input_size], "paddle": _paddle_version(),
+                  "seconds": round(time.perf_counter() - started, 3)}
+        atomic_write_text(staging / "export.json", json.dumps(record, indent=2) + "\n")
+    return out_dir
+
+
+def _check_options(spec: ModelSpec, *, weights: str | os.PathLike | None, synthetic: bool, fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise DeployError(one_line(f"format '{fmt}'", "unknown", "choose one of: " + ", ".join(FORMATS)))
+    if synthetic and weights is not None:
+        raise DeployError(one_line(f"export {spec.name}", "both weights and synthetic given", "pass only one"))
+    if not synthetic and weights is None:
+        raise DeployError(one_line(f"export {spec.name}", "no weights to export",
+                                   "pass weights=<PaddleClas .pdparams> (--weights) or synthetic=True "
+                                   "(--synthetic) for seeded random weights"))
+    if weights is not None and not Path(weights).is_file():
+        raise ModelNotFoundError(one_line(f"weights '{weights}'", "file not found",
+                                          f"give the path of a {spec.name} .pdparams file"))
+
+
+def export_into(spec: ModelSpec, directory: Path, *, weights: Path | None = None, fmt: str = "json", seed: int = 0,
+                calib_images: Sequence[np.ndarray] | None = None) -> None:
+    """Build, fill and save the model into the existing folder ``directory``, in this process.
+
+    ``weights=None`` means synthetic weights. ``fmt`` must match this process's Paddle mode (see module doc).
+    """
+    import paddle
+
+    from ppdeploy.models.resnet import build_resnet
+
+    paddle.seed(seed)
+    with paddle.utils.unique_name.guard():  # fresh layer names, so exporting twice in a process writes equal files
+        net = build_resnet(spec)
+        if weights is not None:
+            load_weights(net, spec, weights)
+        else:
+            synthesize_weights(net, spec, seed=seed, calib_images=calib_images)
+        save_inference(net, spec, directory, fmt)
+
+
+# --- weights ----------------------------------------------------------------------------------------------------
+
+
+def load_weights(net: paddle.nn.Layer, spec: ModelSpec, path: Path) -> None:
+    """Load a PaddleClas ``.pdparams`` into ``net``, refusing any missing, unexpected or reshaped entry.
+
+    ``paddle.load`` unpickles the file: only call this on a path the user gave.
+
+    Raises:
+        WeightsMismatchError: the file is not a state dict, or does not fit ``spec`` (first mismatches listed).
+    """
+    import paddle
+
+    try:
+        state = paddle.load(str(path))
+    except Exception as exc:  # paddle raises bare ValueError/RuntimeError/UnpicklingError variants
+        raise WeightsMismatchError(one_line(f"weights '{path}'", f"not a Paddle state dict ({_first_line(exc)})",
+                                            f"pass a PaddleClas {spec.name} .pdparams file")) from exc
+    if not isinstance(state, dict):
+        raise WeightsMismatchError(one_line(f"weights '{path}'", f"holds a {type(state).__name__}, not a state dict",
+                                            f"pass a PaddleClas {spec.name} .pdparams file"))
+    expected = {name: tuple(value.shape) for name, value in net.state_dict().items()}
+    problems = weights_mismatches(expected, state)
+    if problems:
+        raise WeightsMismatchError(one_line(f"weights '{path}'", f"do not fit {spec.name}: " + "; ".join(problems),
+                                            f"pass the .pdparams of {spec.name} (PaddleClas names), or pick the "
+                                            "zoo model these weights belong to"))
+    net.set_state_dict({name: state[name] for name in expected})
+
+
+def weights_mismatches(expected: dict[str, tuple[int, ...]], state: dict[str, Any], *, first: int = 3) -> list[str]:
+    """Human-readable differences between an architecture's state-dict shapes and a loaded state dict.
+
+    Returns:
+        Up to three entries (missing, unexpected, shape), each naming its count and first few names; empty when
+        the two match.
+    """
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    shapes = [f"{name} {list(_shape(state[name]))} vs {list(shape)}" for name, shape in expected.items()
+              if name in state and _shape(state[name]) != shape]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs model)", shapes)):
+        if items:
+            more = f", +{len(items) - first} more" if len(items) > first else ""
+            problems.append(f"{len(items)} {label}: {', '.join(items[:first])}{more}")
+    return problems
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in getattr(value, "shape", np.shape(value)))
+
+
+def synthesize_weights(net: paddle.nn.Layer, spec: ModelSpec, *, seed: int = 0,
+                       calib_images: Sequence[np.ndarray] | None = None) -> dict[str, float]:
+    """Fill ``net`` with seeded random weights that behave like a trained model's on real photos.
+
+    1. He-normal convolutions, BatchNorm scales near 1 and shifts near 0, from ``numpy`` seeded with ``seed``;
+    2. every BatchNorm's running mean and variance set to the statistics of its input over the photos (one
+       train-mode pass with momentum 0, so the running buffers become exactly the measured ones);
+    3. the classifier centred on the photos' mean feature (so different photos get different top-1 classes)
+       and scaled so that the median top-1 probability over them is :data:`TARGET_MEDIAN_TOP1`.
+
+    Returns:
+        ``{"fc_scale": ..., "median_top1": ...}`` measured on the calibration photos.
+    """
+    _random_init(net, np.random.default_rng(seed))
+    _damp_residual_branches(net)
+    features = _recalibrate_batchnorm(net, _calibration_batch(spec, calib_images))
+    return _calibrate_classifier(net.classifier, features)
+
+
+def _calibration_batch(spec: ModelSpec, images: Sequence[np.ndarray] | None) -> np.ndarray:
+    from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
+
+    if images is None:
+        from ppdeploy.samples import sample_images
+
+        images = sample_images(CALIBRATION_IMAGES)
+    if len(images) < 2:
+        raise DeployError(one_line("calibration images", f"got {len(images)}", "pass at least 2 photos"))
+    return preprocess_batch(list(images), PreprocessConfig.from_spec(spec))
+
+
+def _random_init(net: paddle.nn.Layer, rng: np.random.Generator) -> None:
+    """Deterministic values for every entry of the state dict, in its (stable) order."""
+    from paddle import nn
+
+    for layer in net.sublayers():
+        if isinstance(layer, nn.Conv2D):
+            fan_in = int(np.prod(layer.weight.shape[1:]))
+            layer.weight.set_value(rng.normal(0.0, np.sqrt(2.0 / fan_in), layer.weight.shape).astype(np.float32))
+        elif isinstance(layer, nn.BatchNorm2D):
+            channels = layer.weight.shape[0]
+            layer.weight.set_value(rng.uniform(0.8, 1.2, channels).astype(np.float32))
+            layer.bias.set_value(rng.normal(0.0, 0.1, channels).astype(np.float32))
+            layer._mean.set_value(np.zeros(channels, np.float32))
+            layer._variance.set_value(np.ones(channels, np.float32))
+        elif isinstance(layer, nn.Linear):
+            fan_in = layer.weight.shape[0]
+            layer.weight.set_value(rng.normal(0.0, 1.0 / np.sqrt(fan_in), layer.weight.shape).astype(np.float32))
+            layer.bias.set_value(np.zeros(layer.bias.shape, np.float32))
+
+
+def _damp_residual_branches(net: paddle.nn.Layer) -> None:
+    """Scale the last BatchNorm of every residual branch by :data:`RESIDUAL_GAIN`.
+
+    Trained ResNets keep residual branches small next to the identity path (hence "zero-init residual"); random
+    full-gain branches instead compound every rounding error block after block, so fp16/int8 parity on them
+    would measure the random network's chaos rather than the converter. Measured on ResNet50 with 100 photos:
+    gain 1.0 -> onnx-fp16 min cosine 0.9657, gain 0.05 -> 0.9999 (docs/parity.md).
+    """
+    for layer in net.sublayers():
+        main = getattr(layer, "main", None)
+        if isinstance(main, list) and main:
+            norm = getattr(main[-1], main[-1]._bn_attr)
+            norm.weight.set_value(norm.weight.numpy() * RESIDUAL_GAIN)
+
+
+def _recalibrate_batchnorm(net: paddle.nn.Layer, batch: np.ndarray) -> np.ndarray:
+    """Set every BatchNorm's running statistics to those of the batch; return the pooled features.
+
+    In train mode each BatchNorm normalises with the batch statistics, so the layers after it see what they
+    will see in eval mode once the running buffers hold those same statistics (momentum 0 makes them so).
+    """
+    import paddle
+    from paddle import nn
+
+    norms = [layer for layer in net.sublayers() if isinstance(layer, nn.BatchNorm2D)]
+    momenta = [layer._momentum for layer in norms]
+    for layer in norms:
+        layer._momentum = 0.0
+    net.train()
+    try:
+        with paddle.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "When training, we now always track", UserWarning)
+            features = net.forward_features(paddle.to_tensor(batch)).numpy()
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer._momentum = momentum
+        net.eval()
+    return features
+
+
+def _calibrate_classifier(fc: paddle.nn.Linear, features: np.ndarray) -> dict[str, float]:
+    """Centre and scale the classifier so the photos' median top-1 probability is the target."""
+    weight = fc.weight.numpy().astype(np.float64)
+    centred = (features - features.mean(axis=0)) @ weight  # logits without the shared component
+    scale = _scale_for_median_top1(centred, TARGET_MEDIAN_TOP1)
+    fc.weight.set_value((weight * scale).astype(np.float32))
+    fc.bias.set_value((-features.mean(axis=0) @ weight * scale).astype(np.float32))
+    return {"fc_scale": scale, "median_top1": float(np.median(top1_probabilities(centred * scale)))}
+
+
+def top1_probabilities(logits: np.ndarray) -> np.ndarray:
+    """The largest softmax probability of each row."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return 1.0 / np.exp(shifted).sum(axis=1)
+
+
+def _scale_for_median_top1(logits: np.ndarray, target: float) -> float:
+    """The factor (a temperature's inverse) that puts the median top-1 probability at ``target``.
+
+    Each row's top-1 probability grows with the factor, so their median does too: bisect in log space.
+    """
+    low, high = -8.0, 8.0  # log10 of the factor
+    for _ in range(60):
+        middle = (low + high) / 2
+        if np.median(top1_probabilities(logits * 10.0 ** middle)) < target:
+            low = middle
+        else:
+            high = middle
+    return float(10.0 ** ((low + high) / 2))
+
+
+# --- saving -----------------------------------------------------------------------------------------------------
+
+
+def save_inference(net: paddle.nn.Layer, spec: ModelSpec, directory: Path, fmt: str) -> None:
+    """``paddle.jit.save`` ``net`` + softmax with input ``x`` [None, 3, H, W] as ``directory/inference.*``.
+
+    Raises:
+        ConversionError: Paddle failed, or wrote another format than ``fmt`` (the PIR flag did not take).
+    """
+    import paddle
+
+    model = _with_softmax(net)
+    model.eval()
+    spec_x = paddle.static.InputSpec([None, 3, spec.input_size, spec.input_size], "float32", "x")
+    try:
+        static = paddle.jit.to_static(model, input_spec=[spec_x], full_graph=True)
+        paddle.jit.save(static, str(directory / PREFIX))
+    except Exception as exc:  # Paddle's own error types vary by version and mode
+        raise ConversionError(one_line(f"export {spec.name} ({fmt})", f"paddle.jit.save failed: {_first_line(exc)}",
+                                       "check the Paddle install (deploy doctor)")) from exc
+    missing = [name for name in MODEL_FILES[fmt] if not (directory / name).is_file()]
+    if missing:
+        raise ConversionError(one_line(f"export {spec.name} ({fmt})", f"Paddle did not write {', '.join(missing)}",
+                                       f"for pdmodel, set {PIR_FLAG}=0 before Python starts, or use fmt='json'"))
+
+
+def _with_softmax(net: paddle.nn.Layer) -> paddle.nn.Layer:
+    """``net`` followed by softmax over the classes, as PaddleClas's ExportModel wrapper."""
+    from paddle import nn
+
+    return nn.Sequential(net, nn.Softmax(axis=-1))
+
+
+def write_deploy_yaml(spec: ModelSpec, directory: Path) -> Path:
+    """``inference_cls.yaml`` in PaddleClas's deploy layout: the model's preprocessing and a top-5 head."""
+    import yaml
+
+    from ppdeploy.preprocess import PreprocessConfig
+
+    document = {
+        "Global": {"inference_model_dir": ".", "batch_size": 1, "use_gpu": False},
+        "PreProcess": {"transform_ops": PreprocessConfig.from_spec(spec).to_yaml_ops()},
+        "PostProcess": {"name": "Topk", "topk": 5},
+    }
+    text = yaml.dump(document, Dumper=_deploy_dumper(), sort_keys=False)
+    return atomic_write_text(directory / "inference_cls.yaml", text)
+
+
+def _deploy_dumper() -> type:
+    """A safe YAML dumper writing PaddleClas's style: ``mean: [0.485, ...]`` inline, ``- ToCHWImage:`` bare."""
+    import yaml
+
+    class DeployDumper(yaml.SafeDumper):
+        pass
+
+    def represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+        inline = all(not isinstance(item, list | dict) for item in data)
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=inline)
+
+    DeployDumper.add_representer(list, represent_list)
+    DeployDumper.add_representer(type(None), lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", ""))
+    return DeployDumper
+
+
+def program_op_counts(model_file: str | os.PathLike) -> Counter[str]:
+    """How many operators of each type an exported program holds, by the legacy names (``conv2d``, ``pool2d``).
+
+    Reads ``inference.json`` (PIR: ``pd_op`` names, printed as ``1.conv2d``) or ``inference.pdmodel``
+    (ProgramDesc protobuf; needs paddle). In-place variants count under their plain name (``batch_norm_``
+    as ``batch_norm``).
+    """
+    path = Path(model_file)
+    if path.suffix == ".json":
+        program = json.loads(path.read_text(encoding="utf-8"))["program"]
+        ops = [op["#"].split(".", 1)[-1] for region in program["regions"] for block in region["blocks"]
+               for op in block["ops"] if op["#"] != "p"]  # "p": a parameter, not an operator
+    else:
+        from paddle.base.proto import framework_pb2
+
+        desc = framework_pb2.ProgramDesc.FromString(path.read_bytes())
+        ops = [op.type for block in desc.blocks for op in block.ops]
+    return Counter(name.rstrip("_") for name in ops)
+
+
+# --- the other format, in a child process ----------------------------------------------------------------------
+
+
+def native_format() -> str:
+    """The format ``paddle.jit.save`` writes in this process: ``"pdmodel"`` when PIR is off, else ``"json"``.
+
+    Once paddle is imported its flag decides; before, the environment variable it will read does.
+    """
+    if "paddle" in sys.modules:
+        import paddle
+
+        return "json" if paddle.get_flags(PIR_FLAG)[PIR_FLAG] else "pdmodel"
+    return "pdmodel" if os.environ.get(PIR_FLAG, "").strip().lower() in {"0", "false", "off"} else "json"
+
+
+def _export_in_child(spec: ModelSpec, directory: Path, *, weights: Path | None, fmt: str, seed: int,
+                     calib_images: Sequence[np.ndarray] | None) -> None:
+    """Run :func:`export_into` in ``python -m ppdeploy.models.export --into``, with the PIR flag ``fmt`` needs.
+
+    The child gets the spec itself (not just its name) and the calibration photos through a scratch folder.
+
+    Raises:
+        DeployError: the child's own error (same class and message), or ConversionError if it died otherwise.
+    """
+    env = {**os.environ, PIR_FLAG: "0" if fmt == "pdmodel" else "1"}
+    with tempfile.TemporaryDirectory(prefix="ppdeploy-export-") as scratch:
+        spec_file = Path(scratch) / "spec.json"
+        spec_file.write_text(json.dumps(dataclasses.asdict(spec)), encoding="utf-8")
+        command = [sys.executable, "-m", "ppdeploy.models.export", spec.name, str(directory), "--fmt", fmt,
+                   "--seed", str(seed), "--into", "--spec-json", str(spec_file)]
+        command += ["--weights", str(weights)] if weights is not None else ["--synthetic"]
+        if calib_images is not None:
+            calib_file = Path(scratch) / "calib.npz"
+            np.savez(calib_file, *[np.asarray(image) for image in calib_images])
+            command += ["--calib", str(calib_file)]
+        result = subprocess.run(command, check=False, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise _child_error(spec, fmt, result)
+
+
+def _child_error(spec: ModelSpec, fmt: str, result: subprocess.CompletedProcess) -> DeployError:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    match = _ERROR_LINE.match(lines[-1]) if lines else None
+    error_type = getattr(errors, match.group(1), None) if match else None
+    if isinstance(error_type, type) and issubclass(error_type, DeployError):
+        return error_type(match.group(2))
+    tail = lines[-1] if lines else f"exit code {result.returncode}"
+    return ConversionError(one_line(f"export {spec.name} ({fmt}) in a child process", f"failed: {tail}",
+                                    "run 'python -m ppdeploy.models.export' by hand to see the full log"))
+
+
+def _spec_from_json(path: str) -> ModelSpec:
+    fields = json.loads(Path(path).read_text(encoding="utf-8"))
+    return ModelSpec(**{key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()})
+
+
+def _paddle_version() -> str | None:
+    try:
+        return importlib.metadata.version("paddlepaddle")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_calib(path: str | None) -> list[np.ndarray] | None:
+    if path is None:
+        return None
+    with np.load(path) as archive:
+        return [archive[f"arr_{index}"] for index in range(len(archive.files))]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ppdeploy.models.export NAME OUT [--synthetic | --weights W] [--fmt F] [--seed S]``."""
+    parser = argparse.ArgumentParser(prog="python -m ppdeploy.models.export", description=main.__doc__)
+    parser.add_argument("model", help="zoo name, e.g. ResNet50_vd")
+    parser.add_argument("out_dir", type=Path)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--synthetic", action="store_true", help="seeded random weights")
+    source.add_argument("--weights", type=Path, help="PaddleClas .pdparams (a pickle: only files you trust)")
+    parser.add_argument("--fmt", choices=FORMATS, default="json")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--into", action="store_true", help=argparse.SUPPRESS)  # write model files into out_dir
+    parser.add_argument("--calib", help=argparse.SUPPRESS)  # .npz of calibration photos
+    parser.add_argument("--spec-json", help=argparse.SUPPRESS)  # the ModelSpec itself, for specs not in the zoo
+    args = parser.parse_args(argv)
+    try:
+        spec = _spec_from_json(args.spec_json) if args.spec_json else get_model(args.model)
+        if args.into:
+            export_into(spec, args.out_dir, weights=args.weights, fmt=args.fmt, seed=args.seed,
+                        calib_images=_load_calib(args.calib))
+        else:
+            export_model(spec, args.out_dir, weights=args.weights, synthetic=args.synthetic, fmt=args.fmt,
+                         seed=args.seed)
+    except DeployError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)  # the last line: the parent re-raises it
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
