@@ -45,7 +45,7 @@ class Profile:
 
 # What each profile rests on is in docs/parity.md (measured on synthetic and sample-photo runs).
 PROFILES: dict[str, Profile] = {
-    "fp32": Profile("fp32", max_abs=1e-5, min_cosine=None, min_top1=1.0),
+    "fp32": Profile("fp32", max_abs=2e-5, min_cosine=None, min_top1=1.0),
     "fp16": Profile("fp16", max_abs=None, min_cosine=0.999, min_top1=0.99),
     "bf16": Profile("bf16", max_abs=None, min_cosine=0.999, min_top1=0.99),
     "int8": Profile("int8", max_abs=None, min_cosine=0.99, min_top1=0.97, min_images=100),
