@@ -8,6 +8,9 @@ variations, worst cosine to Paddle fp32: 0.9908 with f32, 0.9891 with bf16; ResN
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import logging
 from pathlib import Path
 
@@ -105,8 +108,10 @@ def quantize(model, batch: np.ndarray):
     items = [batch[i:i + 1] for i in range(len(batch))]
     previous = _quiet_nncf()
     try:
-        return nncf.quantize(model, nncf.Dataset(items), preset=nncf.QuantizationPreset.PERFORMANCE,
-                             subset_size=len(items))
+        # NNCF draws progress bars on stdout; stdout belongs to the command's result (e.g. the artifact path).
+        with contextlib.redirect_stdout(sys.stderr):
+            return nncf.quantize(model, nncf.Dataset(items), preset=nncf.QuantizationPreset.PERFORMANCE,
+                                 subset_size=len(items))
     except Exception as exc:  # NNCF's own errors and OpenVINO's RuntimeErrors
         raise ConversionError(one_line("NNCF quantization", f"failed ({first_line(exc)})",
                                        "run with --verbose for the traceback")) from exc
