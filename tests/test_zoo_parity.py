@@ -134,7 +134,7 @@ def test_openvino_bf16_profile(low_precision_checker):
 def test_int8_quantizer_guard(low_precision_checker, target):
     result = low_precision_checker.check_backend(target)
     _report(low_precision_checker.model.name, "json", result)
-    assert result.status in ("pass", "fail"), result.reasons  # converted and ran
+    assert result.metrics is not None, result.reasons  # converted and ran
     metrics = result.metrics
     assert metrics.non_finite == 0
     assert metrics.top1_agreement >= INT8_GUARD_TOP1, metrics
