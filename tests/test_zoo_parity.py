@@ -71,29 +71,19 @@ def test_suite_covers_every_model_and_backend():
     assert "tensorrt" in RUNTIMES and all(t in covered for t in GPU_TARGETS)
 
 
+FP32_CASES = [(name, "pdmodel") for name in MODELS] + [(name, "json") for name in JSON_MODELS]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODELS))
-def test_zoo_fp32_pdmodel(synthetic_model, name):
-    checker = _checker(synthetic_model, name, "pdmodel", 8)
+@pytest.mark.parametrize(("name", "fmt"), FP32_CASES)
+def test_zoo_fp32(synthetic_model, name, fmt):
+    checker = _checker(synthetic_model, name, fmt, 8)
     try:
         for backend in FP32_BACKENDS[1:]:
             result = checker.check_backend(backend)
-            _report(name, "pdmodel", result)
+            _report(name, fmt, result)
             assert result.status == "pass", (backend, result.reasons)
             assert result.details.get("inference_precision", "f32") == "f32"
-    finally:
-        _free(checker.model)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", JSON_MODELS)
-def test_zoo_fp32_json(synthetic_model, name):
-    checker = _checker(synthetic_model, name, "json", 8)
-    try:
-        for backend in FP32_BACKENDS[1:]:
-            result = checker.check_backend(backend)
-            _report(name, "json", result)
-            assert result.status == "pass", (backend, result.reasons)
     finally:
         _free(checker.model)
 
