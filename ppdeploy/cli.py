@@ -195,6 +195,51 @@ def doctor() -> None:
     typer.echo(diagnose().render())
 
 
+@app.command()
+def serve(model: ModelArg,
+          backend: Annotated[str, typer.Option("--backend", help="auto, paddle, onnx, openvino, tensorrt, or a "
+                                               "target such as openvino-int8.")] = "auto",
+          host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
+          port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port).")] = 8000,
+          max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most images per batch.")] = 8,
+          max_delay_ms: Annotated[float, typer.Option("--max-delay-ms", min=0, help="Longest wait for a batch to "
+                                                      "fill, from its first image.")] = 5.0,
+          workers: Annotated[int, typer.Option("--workers", min=1, help="Batch workers, each with its own runtime "
+                                               "instance (split cores with --threads).")] = 1,
+          max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Images waiting before requests get "
+                                                 "503 + Retry-After.")] = 64,
+          max_request_bytes: Annotated[int, typer.Option("--max-request-bytes", min=1, help="Largest request body "
+                                                         "(413 above it).")] = 20 * 1024 * 1024,
+          max_images: Annotated[int, typer.Option("--max-images", min=1, help="Most images per request.")] = 32,
+          max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", min=0, help="Largest image, width x "
+                                                            "height (default: $PPDEPLOY_MAX_PIXELS or 89,478,485; "
+                                                            "0: no limit).")] = None,
+          request_timeout: Annotated[float, typer.Option("--request-timeout", min=0.001, help="Seconds to answer "
+                                                         "a request (503 after).")] = 30.0,
+          topk: Annotated[int, typer.Option("--topk", min=1, help="Default classes per image.")] = 5,
+          device: Annotated[str, typer.Option("--device", help="cpu or gpu.")] = "cpu",
+          threads: Annotated[Optional[int], typer.Option("--threads", help="Inference threads per worker.")] = None,
+          access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
+          synthetic: SyntheticOpt = False,
+          fmt: FormatOpt = "json") -> None:
+    """Serve a model over HTTP with dynamic batching: POST /v1/classify, /healthz, /readyz, /metrics, /docs."""
+    from ppdeploy.classifier import Classifier
+    from ppdeploy.serving import ServeSettings
+    from ppdeploy.serving.server import bind_socket
+    from ppdeploy.serving.server import serve as run_server
+
+    settings = ServeSettings(host=host, port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, workers=workers,
+                             max_queue=max_queue, max_request_bytes=max_request_bytes, max_images=max_images,
+                             max_pixels=max_pixels, request_timeout_s=request_timeout, topk=topk)
+    sock = bind_socket(host, port)  # a busy port fails before the model loads
+    try:
+        with Classifier(model, backend, synthetic=synthetic, fmt=fmt, device=device, threads=threads,
+                        batch_size=max_batch, topk=topk, log=_err) as clf:
+            run_server(clf, settings, sock=sock, access_log=access_log, log=_err)
+    finally:
+        sock.close()
+
+
 def _format_record(record: dict) -> str:
     if "error" in record:
         return f"{record['filename']}:\terror: {record['error']}"

@@ -168,17 +168,37 @@ def decode_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> n
     """
     path = Path(path)
     limit = pixel_limit(max_pixels)
-    data = _read_bytes(path)
+    return _decode(_read_bytes(path), path, limit)
+
+
+def decode_image_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an image held in memory (an upload) by the same rules as :func:`decode_image`.
+
+    Args:
+        data: the encoded image file's bytes.
+        name: what error messages call the image (an upload's filename).
+        max_pixels: as for :func:`decode_image`.
+
+    Raises:
+        ImageError: the data is empty, truncated, not an image, or above the pixel limit.
+    """
+    limit = pixel_limit(max_pixels)
+    if not data:
+        raise ImageError(one_line(f"image '{name}'", "is empty (0 bytes)", "send the image file's bytes"))
+    return _decode(bytes(data), name, limit)
+
+
+def _decode(data: bytes, name: str | Path, limit: int | None) -> np.ndarray:
     if limit is not None:
-        _check_header_size(path, data, limit)
+        _check_header_size(name, data, limit)
     kind = _sniff_format(data)
     if kind == "JPEG" and _jpeg_is_truncated(data):
-        raise ImageError(one_line(f"image '{path}'", "JPEG data is truncated", _REEXPORT))
+        raise ImageError(one_line(f"image '{name}'", "JPEG data is truncated", _REEXPORT))
     bgr = _imdecode(data)
     if bgr is None:
-        raise ImageError(_undecodable_message(path, kind))
+        raise ImageError(_undecodable_message(name, kind))
     if limit is not None:
-        _check_pixels(path, bgr.shape[1], bgr.shape[0], limit)
+        _check_pixels(name, bgr.shape[1], bgr.shape[0], limit)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -207,14 +227,14 @@ def _sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _check_pixels(path: Path, width: int, height: int, limit: int) -> None:
+def _check_pixels(path: str | Path, width: int, height: int, limit: int) -> None:
     if width * height > limit:
         raise ImageError(one_line(f"image '{path}'", f"{width}x{height} = {width * height:,} pixels is above the "
                                   f"limit of {limit:,}",
                                   f"downscale it, or raise the limit ({MAX_PIXELS_ENV} or max_pixels=; 0 disables)"))
 
 
-def _check_header_size(path: Path, data: bytes, limit: int) -> None:
+def _check_header_size(path: str | Path, data: bytes, limit: int) -> None:
     """Refuse an oversized image from its header, before the pixels are decoded (needs Pillow)."""
     try:
         from PIL import Image
@@ -263,7 +283,7 @@ def _imdecode(data: bytes) -> np.ndarray | None:
         return None
 
 
-def _undecodable_message(path: Path, kind: str | None) -> str:
+def _undecodable_message(path: str | Path, kind: str | None) -> str:
     subject = f"image '{path}'"
     if kind is None:
         return one_line(subject, "not an image (unknown file format)",

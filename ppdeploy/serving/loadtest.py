@@ -1,0 +1,144 @@
+"""A bounded load test for ``deploy serve``: requests/s and latency percentiles at several concurrency levels.
+
+Run against a server already started::
+
+    python -m ppdeploy.serving.loadtest --url http://127.0.0.1:8000 --requests 200 --concurrency 1,8,32
+
+Each request posts one JPEG (your ``--image`` files, or sample photos) as a raw body. Every answer is checked
+against the answer the same image got when sent alone before the run, and the server's ``/metrics`` are read
+before and after each level to report the batch sizes it really formed. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """The figures of one concurrency level."""
+
+    concurrency: int
+    requests: int
+    failed: int
+    mismatched: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    mean_batch: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+def sample_jpegs(count: int = 8) -> list[bytes]:
+    """JPEG bytes of the built-in sample photos."""
+    import cv2
+
+    from ppdeploy.samples import sample_images
+
+    return [cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes() for img in sample_images(count)]
+
+
+async def run_level(client, images: list[bytes], expected: list[list], concurrency: int, requests: int,
+                    topk: int) -> LevelResult:
+    """Send ``requests`` requests with ``concurrency`` in flight at any time."""
+    latencies: list[float] = []
+    counters = {"next": 0, "failed": 0, "mismatched": 0}
+    batches_before = await _batch_totals(client)
+
+    async def one_client() -> None:
+        while counters["next"] < requests:
+            index = counters["next"] % len(images)
+            counters["next"] += 1
+            tick = time.perf_counter()
+            answer = await client.post("/v1/classify", content=images[index], params={"topk": topk})
+            latencies.append(time.perf_counter() - tick)
+            if answer.status_code != 200:
+                counters["failed"] += 1
+            elif _scores(answer.json()) != expected[index]:
+                counters["mismatched"] += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    images_done, batches_done = (after - before for after, before in zip(await _batch_totals(client),
+                                                                         batches_before))
+    millis = np.asarray(latencies) * 1000
+    return LevelResult(concurrency, requests, counters["failed"], counters["mismatched"], seconds,
+                       float(np.percentile(millis, 50)), float(np.percentile(millis, 99)),
+                       images_done / batches_done if batches_done else 0.0)
+
+
+def _scores(records: list[dict]) -> list:
+    return [(r["class_ids"], r["scores"]) for r in records]
+
+
+async def _batch_totals(client) -> tuple[float, float]:
+    """(images, batches) the server has run so far, from ``ppdeploy_batch_size``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals = {"ppdeploy_batch_size_sum": 0.0, "ppdeploy_batch_size_count": 0.0}
+    for family in text_string_to_metric_families((await client.get("/metrics")).text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] = sample.value
+    return totals["ppdeploy_batch_size_sum"], totals["ppdeploy_batch_size_count"]
+
+
+async def load_test(url: str, images: list[bytes], levels: list[int], requests: int, topk: int = 5,
+                    warmup: int = 10) -> tuple[dict, list[LevelResult]]:
+    """Warm up, take each image's answer alone, then run every level. Returns ``/readyz`` and the results."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        ready = (await client.get("/readyz")).json()
+        expected = []
+        for data in images:
+            answer = await client.post("/v1/classify", content=data, params={"topk": topk})
+            answer.raise_for_status()
+            expected.append(_scores(answer.json()))
+        for index in range(warmup):
+            await client.post("/v1/classify", content=images[index % len(images)], params={"topk": topk})
+        results = [await run_level(client, images, expected, level, requests, topk) for level in levels]
+    return ready, results
+
+
+def render(ready: dict, results: list[LevelResult]) -> str:
+    title = (f"model {ready.get('model')} on {ready.get('backend')} ({ready.get('precision')}), max batch "
+             f"{ready.get('max_batch')}, max delay {ready.get('max_delay_ms')} ms, {ready.get('workers')} worker(s)")
+    lines = [title, "",
+             "| concurrency | requests | failed | differing | requests/s | p50 (ms) | p99 (ms) | mean batch |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r.concurrency} | {r.requests} | {r.failed} | {r.mismatched} | {r.rps:.1f} | {r.p50_ms:.1f} | "
+              f"{r.p99_ms:.1f} | {r.mean_batch:.2f} |" for r in results]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--image", action="append", type=Path, help="JPEG/PNG to send (repeatable; default: "
+                        "8 sample photos)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma list of levels")
+    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=10)
+    args = parser.parse_args(argv)
+    images = [path.read_bytes() for path in args.image] if args.image else sample_jpegs()
+    levels = [int(level) for level in args.concurrency.split(",") if level.strip()]
+    ready, results = asyncio.run(load_test(args.url, images, levels, args.requests, args.topk, args.warmup))
+    print(render(ready, results))
+    return 1 if any(r.failed or r.mismatched for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
