@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ppdeploy.errors import DeployError, ImageError
+from ppdeploy.errors import DeployError, ImageError, InputSpecError, one_line
 
 Log = Callable[[str], None]
 
@@ -61,6 +61,11 @@ class Classifier:
         self.preprocess = PreprocessConfig.for_model_dir(self.model.paddle.directory, default)
         self.artifact_dir = self._artifact(log)
         self.runtime = RUNTIMES[self.choice.backend](self.artifact_dir, device=device, threads=threads)
+        try:
+            self._check_input_size()
+        except InputSpecError:
+            self.runtime.close()
+            raise
         self.batch_size = batch_size
         self.topk = topk
 
@@ -71,13 +76,40 @@ class Classifier:
 
         return convert_model(self.model, self.choice.target, log=log)
 
+    def _check_input_size(self) -> None:
+        """Refuse a crop size the model cannot take once, here, rather than on every batch."""
+        from ppdeploy.preprocess import YAML_NAMES
+
+        shape = self.runtime.inputs[0].shape if self.runtime.inputs else ()
+        crop = self.preprocess.crop_size
+        if len(shape) != 4 or None in shape[2:] or shape[2:] == (crop, crop):
+            return
+        directory = self.model.paddle.directory
+        model_size = f"{shape[2]}x{shape[3]}"
+        yaml = next((directory / name for name in YAML_NAMES if (directory / name).is_file()), None)
+        if yaml is not None:
+            raise InputSpecError(one_line(str(yaml), f"CropImage size {crop} does not fit the model's {model_size} "
+                                          f"input ({self.model.paddle.model_file.name})",
+                                          f"set CropImage size to {shape[2]} in it, or use the model it was "
+                                          "written for"))
+        raise InputSpecError(one_line(str(directory), f"the default preprocessing crops {crop}x{crop} but the "
+                                      f"model's input is {model_size}",
+                                      f"add an inference_cls.yaml with CropImage size {shape[2]} to the folder"))
+
     def predict(self, inputs: Any, batch_size: int | None = None) -> Iterator[list[dict]]:
         """Yield one list of result records per batch, in input order.
 
         ``inputs`` is a file, a folder (recursive), a glob, an RGB ``uint8`` array (HWC), or a list of these.
         Every input appears exactly once: as ``{class_ids, scores, label_names, filename}``, or, when it
         cannot be read, as ``{filename, error}``.
+
+        Raises:
+            ImageError: a path that does not exist, or a folder or glob with no image files.
+            DeployError: ``$PPDEPLOY_MAX_PIXELS`` is not a pixel count (checked before the first image).
         """
+        from ppdeploy.images import pixel_limit
+
+        pixel_limit()  # a bad $PPDEPLOY_MAX_PIXELS stops the run here, instead of becoming every image's error
         size = batch_size or self.batch_size
         chunks = _chunks(_expand(inputs), size)
         with ThreadPoolExecutor(max_workers=2) as pool:

@@ -188,6 +188,59 @@ def evaluate(model: ModelArg,
 
 
 @app.command()
+def bench(model: ModelArg = "ResNet50",
+          backends: Annotated[str, typer.Option("--backends", help="'all' or a comma list: paddle, onnx, openvino, "
+                                                "openvino-int8, openvino-bf16, ... (paddle, the reference, always "
+                                                "runs).")] = "paddle,onnx,openvino",
+          batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma list: the table's columns.")
+                                 ] = "1,4,8",
+          threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads for every backend "
+                                                         "(default: all cores).")] = None,
+          warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls per cell.")] = 5,
+          iters: Annotated[int, typer.Option("--iters", min=1, help="Timed calls per backend and batch size.")] = 50,
+          rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved rounds the timed calls are "
+                                              "split into.")] = 5,
+          parity_check: Annotated[bool, typer.Option("--parity/--no-parity", help="Judge every row against its "
+                                                     "parity profile on sample photos.")] = True,
+          parity_images: Annotated[int, typer.Option("--parity-images", min=1, help="Sample photos for the parity "
+                                                     "verdicts (int8 needs >= 100).")] = 100,
+          e2e: Annotated[bool, typer.Option("--e2e", help="Also time the whole pipeline over --images and a "
+                                            "PaddleClas-style serial loop.")] = False,
+          images: Annotated[Optional[Path], typer.Option("--images", help="Photo folder for --e2e (default: 64 "
+                                                         "sample photos).")] = None,
+          passes: Annotated[int, typer.Option("--passes", min=1, help="Timed passes over the folder per pipeline "
+                                              "and batch size (--e2e).")] = 3,
+          json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON.")] = None,
+          plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG chart of images/s.")] = None,
+          synthetic: SyntheticOpt = False,
+          fmt: FormatOpt = "json") -> None:
+    """Latency, images/s, memory and load time per backend and batch size, against Paddle Inference fp32."""
+    import os
+
+    from ppdeploy.bench import BenchSettings, run_bench, write_chart
+    from ppdeploy.fsutil import atomic_write_text
+
+    try:
+        sizes = tuple(int(s) for s in batch_sizes.split(",") if s.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise DeployError(f"--batch-sizes '{batch_sizes}' | not a comma list of positive integers | e.g. 1,4,8")
+    settings = BenchSettings(batch_sizes=sizes, threads=threads or os.cpu_count() or 1, warmup=warmup, iters=iters,
+                             rounds=min(rounds, iters), parity_images=parity_images if parity_check else 0,
+                             e2e_passes=passes if e2e else 0)
+    report = run_bench(model, backends, settings, synthetic=synthetic, fmt=fmt, images=images, log=_err)
+    typer.echo(report.render())
+    if json_file:
+        atomic_write_text(json_file, report.to_json())
+    if plot:
+        write_chart(report, plot)
+    if any(b.status == "error" for b in report.backends):
+        _err("some backends could not be benchmarked; see the tables")
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command()
 def doctor() -> None:
     """Installed backends and versions, CPU ISA and GPUs, the precision each backend really uses here."""
     from ppdeploy.doctor import diagnose

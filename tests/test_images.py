@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from corpus import RGB, jpeg_bytes, write_exif_rotated_jpeg, write_good_corpus
 from ppdeploy import images
 from ppdeploy.errors import DeployError, ImageError
 from ppdeploy.images import IMAGE_EXTENSIONS, decode_image, list_images, pixel_limit
-
-RNG = np.random.default_rng(0)
-RGB = RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8)
 
 
 def paddleclas_read(path: Path) -> np.ndarray:
@@ -31,33 +29,6 @@ def assert_one_line_naming(exc: pytest.ExceptionInfo, path: Path, reason: str) -
 
 
 # ------------------------------------------------------------------------------------------------ good files
-
-
-def write_good_corpus(folder: Path) -> dict[str, Path]:
-    files = {}
-
-    def save(name: str, array: np.ndarray, **params) -> None:
-        files[name] = folder / name
-        Image.fromarray(array).save(files[name], **params)
-
-    save("rgb.png", RGB)
-    save("rgb.bmp", RGB)
-    save("rgb.webp", RGB, lossless=True)
-    save("rgb.tif", RGB)
-    save("rgb.jpg", RGB, quality=95)
-    save("gray.png", RGB[:, :, 0].copy())
-    save("gray.jpg", RGB[:, :, 0].copy(), quality=95)
-    save("rgba.png", RNG.integers(0, 256, (40, 60, 4), dtype=np.uint8))
-    save("la.png", RNG.integers(0, 256, (40, 60, 2), dtype=np.uint8))
-    save("one.png", np.array([[[10, 20, 30]]], np.uint8))
-    save("with spaces and café 写真.jpg", RGB, quality=95)
-    files["palette.png"] = folder / "palette.png"
-    Image.fromarray(RGB).quantize(16).save(files["palette.png"])
-    files["cmyk.jpg"] = folder / "cmyk.jpg"
-    Image.fromarray(RGB).convert("CMYK").save(files["cmyk.jpg"], quality=100)
-    files["wide16.png"] = folder / "wide16.png"
-    cv2.imwrite(str(files["wide16.png"]), RNG.integers(0, 65536, (40, 60), dtype=np.uint16))
-    return files
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +67,7 @@ def test_conversion_rules(good):
 
 
 def test_exif_orientation_is_applied_like_imread(tmp_path):
-    img = np.zeros((40, 60, 3), np.uint8)
-    img[:10, :10] = 255  # a white top-left corner
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90° clockwise to display
-    path = tmp_path / "rotated.jpg"
-    Image.fromarray(img).save(path, exif=exif, quality=95)
+    path = write_exif_rotated_jpeg(tmp_path / "rotated.jpg")  # a white top-left corner, EXIF "rotate 90° CW"
     out = decode_image(path)
     assert out.shape == (60, 40, 3)
     assert out[:10, -10:].mean() > 200 and out[:10, :10].mean() < 50  # the corner moved to the top right
@@ -119,9 +85,7 @@ def test_jpeg_with_trailing_bytes_still_decodes(tmp_path, good):
 
 @pytest.fixture
 def encoded_jpeg() -> bytes:
-    ok, data = cv2.imencode(".jpg", RNG.integers(0, 256, (200, 300, 3), dtype=np.uint8))
-    assert ok
-    return data.tobytes()
+    return jpeg_bytes()
 
 
 @pytest.mark.parametrize(("name", "content", "reason"), [

@@ -33,6 +33,7 @@ import numpy as np
 from ppdeploy.converters.base import SUPPORTED_OPSETS, ConvertOptions, ConvertResult
 from ppdeploy.errors import ConversionError, one_line
 from ppdeploy.fsutil import atomic_write_bytes
+from ppdeploy.models.paddle_files import check_params_file
 
 if TYPE_CHECKING:
     import onnx
@@ -68,9 +69,11 @@ def convert(src: Path, dst: Path, options: ConvertOptions) -> ConvertResult:
     Raises:
         ConversionError: unsupported opset (checked before paddle2onnx runs), paddle2onnx failure, or an
             output that fails ``onnx.checker`` or the ONNX Runtime test run.
+        ArtifactError: the params file is truncated.
     """
     opset = check_opset(options.opset)
     model_file, params_file = paddle_files(Path(src))
+    check_params_file(params_file)  # paddle2onnx turns a truncated file into a graph missing weights, silently
     raw = run_paddle2onnx(model_file, params_file, opset)
     model, counts = simplify(_load_bytes(raw, model_file))
     set_batch_dim(model, BATCH_DIM)

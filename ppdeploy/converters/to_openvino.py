@@ -22,6 +22,7 @@ import numpy as np
 
 from ppdeploy.converters.base import ConvertOptions, ConvertResult
 from ppdeploy.errors import ConversionError, one_line
+from ppdeploy.models.paddle_files import check_params_file
 
 MODEL_FILE = "model.xml"
 SOURCE_FORMATS = {".pdmodel": "pdmodel", ".onnx": "onnx"}
@@ -88,6 +89,8 @@ def source_format_of(src: Path) -> str:
     if src.suffix == ".pdmodel" and not src.with_suffix(".pdiparams").is_file():
         raise ConversionError(one_line(str(src.with_suffix(".pdiparams")), "missing (the model's weights)",
                                        f"copy it next to {src.name}"))
+    if src.suffix == ".pdmodel":
+        check_params_file(src.with_suffix(".pdiparams"))
     return SOURCE_FORMATS[src.suffix]
 
 

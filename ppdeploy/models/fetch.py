@@ -233,7 +233,8 @@ def extract_archive(archive: Path, dest: Path) -> list[Path]:
             plan = plan_extraction(tar.getmembers(), dest)
             return [_write_member(tar, member, path) for member, path in plan]
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DownloadError(one_line(str(archive), f"cannot extract ({exc})",
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")  # tarfile lists every method
+        raise DownloadError(one_line(str(archive), f"cannot extract ({reason})",
                                      "retry the download, or check PPDEPLOY_MODEL_BASE_URL")) from exc
 
 

@@ -28,7 +28,7 @@ class Choice:
 
 def all_choices() -> list[str]:
     """Every value ``--backend`` accepts: the reference, each backend name and each target."""
-    return [PADDLE, *DEFAULT_TARGET, *TARGETS]
+    return list(dict.fromkeys([PADDLE, *DEFAULT_TARGET, *TARGETS]))  # 'onnx' is a backend and a target
 
 
 def resolve_backend(name: str, device: str = "cpu") -> Choice:
