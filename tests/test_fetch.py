@@ -22,6 +22,7 @@ import pytest
 from ppdeploy.errors import DeployError, DownloadError, ModelNotFoundError
 from ppdeploy.models import get_model
 from ppdeploy.models import resolve as resolve_module
+from ppdeploy.models.export import SYNTHETIC_RECIPE
 from ppdeploy.models.fetch import extract_archive, fetch_model, model_cache_dir
 from ppdeploy.models.resolve import resolve_model, spec_for_directory
 
@@ -436,6 +437,7 @@ def fake_export(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
     module = types.ModuleType("ppdeploy.models.export")
     module.export_model = export_model
+    module.SYNTHETIC_RECIPE = SYNTHETIC_RECIPE
     monkeypatch.setitem(sys.modules, "ppdeploy.models.export", module)
     monkeypatch.setattr(resolve_module, "_warned_synthetic", False)
     return calls
@@ -446,8 +448,8 @@ def test_resolve_synthetic_exports_once_and_warns_once(fake_export, cache, capsy
     second = resolve_model("ResNet50", synthetic=True, fmt="pdmodel")
 
     assert first == second
-    assert first.synthetic and first.key == "ResNet50-synthetic-pdmodel"
-    assert first.paddle.directory == cache / "models" / "ResNet50-synthetic-pdmodel"
+    assert first.synthetic and first.key == f"ResNet50-synthetic-{SYNTHETIC_RECIPE}-pdmodel"
+    assert first.paddle.directory == cache / "models" / f"ResNet50-synthetic-{SYNTHETIC_RECIPE}-pdmodel"
     assert fake_export == [{"spec": "ResNet50", "weights": None, "synthetic": True, "fmt": "pdmodel"}]
     assert capsys.readouterr().err.count("meaningless") == 1
     assert resolve_model(first.paddle.directory).spec == get_model("ResNet50"), "cache folders are recognised"

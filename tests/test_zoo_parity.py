@@ -3,8 +3,8 @@
 - Every model (synthetic weights, legacy ``.pdmodel`` so OpenVINO reads Paddle directly): paddle → ONNX → ONNX
   Runtime and paddle → OpenVINO, fp32 strict.
 - PIR ``.json`` for a plain, a ``vd`` and the 320x320 model: ONNX Runtime and OpenVINO (through ONNX), fp32 strict.
-- ResNet50 and ResNet50_vd: fp16 targets and OpenVINO bf16 with their profiles on 100 photos; int8 targets with
-  the quantizer guard (see docs/parity.md: synthetic weights cannot meet the trained-model int8 profile).
+- ResNet50 and ResNet50_vd on 100 photos: fp16 targets, OpenVINO bf16 and both int8 targets, each with its
+  precision's profile (docs/parity.md).
 - TensorRT: the same checks, marked ``gpu``.
 A guard test fails when a zoo model or a registered backend/target is missing from this suite.
 """
@@ -29,15 +29,6 @@ LOW_PRECISION_MODELS = ("ResNet50", "ResNet50_vd")
 LOW_PRECISION_CPU = ("onnx-fp16", "openvino-fp16")
 INT8_CPU = ("onnx-int8", "openvino-int8")
 GPU_TARGETS = ("trt-fp32", "trt-fp16", "trt-int8")
-# bf16 (8-bit mantissa) on synthetic weights misses the bf16 profile (measured ResNet50_vd: min cosine 0.953,
-# top-1 98%); this guard catches a wrong or absent bf16 path, the profile verdict is reported (docs/parity.md).
-BF16_GUARD_MEDIAN_COSINE = 0.99
-BF16_GUARD_TOP1 = 0.9
-# Quantizer guard for int8 on synthetic weights (measured ResNet50: median cosine ~0.97, top-1 ~80%; a broken
-# scale or calibration gives cosine ~0.1 and top-1 near chance).
-INT8_GUARD_MEDIAN_COSINE = 0.9
-INT8_GUARD_TOP1 = 0.5
-
 SUITE = {
     "models_pdmodel": tuple(MODELS),
     "models_json": JSON_MODELS,
@@ -112,39 +103,18 @@ def test_openvino_bf16_profile(low_precision_checker):
         if "bf16" not in runtime.details.get("inference_precision", ""):
             pytest.skip(f"this CPU runs {runtime.details.get('inference_precision')}, not bf16")
         result = low_precision_checker.check("openvino-bf16", runtime, PROFILES["bf16"])
-        cosines = _cosines_of(runtime, low_precision_checker)
     _report(low_precision_checker.model.name, "json", result)
-    assert result.metrics.max_abs > 0  # really ran in bf16, not f32
-    assert result.metrics.top1_agreement >= BF16_GUARD_TOP1
-    assert np.median(cosines) >= BF16_GUARD_MEDIAN_COSINE
+    assert result.metrics.max_abs > 1e-4  # really ran in bf16, not f32
+    assert result.status == "pass", result.reasons
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", INT8_CPU)
-def test_int8_quantizer_guard(low_precision_checker, target):
+def test_int8_profile(low_precision_checker, target):
     result = low_precision_checker.check_backend(target)
     _report(low_precision_checker.model.name, "json", result)
-    assert result.metrics is not None, result.reasons  # converted and ran
-    metrics = result.metrics
-    assert metrics.non_finite == 0
-    assert metrics.top1_agreement >= INT8_GUARD_TOP1, metrics
-    cosines = _cosines(low_precision_checker, target)
-    assert np.median(cosines) >= INT8_GUARD_MEDIAN_COSINE, np.median(cosines)
-
-
-def _cosines(checker, target):
-    from ppdeploy.converters.pipeline import convert_model
-
-    with RUNTIMES[TARGETS[target].backend](convert_model(checker.model, target)) as runtime:
-        return _cosines_of(runtime, checker)
-
-
-def _cosines_of(runtime, checker):
-    from ppdeploy.parity import run_batches
-
-    out = run_batches(runtime, checker.batches)
-    ref = checker.reference
-    return (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
+    assert result.profile == "int8" and result.metrics.images >= PROFILES["int8"].min_images
+    assert result.status == "pass", result.reasons
 
 
 @pytest.mark.gpu
@@ -155,7 +125,4 @@ def test_tensorrt_targets(synthetic_model, target):
         pytest.skip(reason)
     checker = _checker(synthetic_model, "ResNet50", "json", 100)
     result = checker.check_backend(target)
-    if target == "trt-int8":
-        assert result.metrics.top1_agreement >= INT8_GUARD_TOP1
-    else:
-        assert result.status == "pass", result.reasons
+    assert result.status == "pass", result.reasons

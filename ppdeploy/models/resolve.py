@@ -17,7 +17,7 @@ FORMATS = ("json", "pdmodel")
 # Files that may name the zoo entry a folder was made from: ours (export, fetch) first.
 _RECORDS = ("export.json", "fetch.json")
 # The cache folders resolve_model itself creates: <Name>-official, -synthetic-<fmt>, -weights-<hash>-<fmt>.
-_CACHE_FOLDER = re.compile(r"^(.+?)-(?:official|synthetic-\w+|weights-[0-9a-f]+-\w+)$")
+_CACHE_FOLDER = re.compile(r"^(.+?)-(?:official|synthetic(?:-r\d+)?-\w+|weights-[0-9a-f]+-\w+)$")
 _warned_synthetic = False
 _HASHES: dict[tuple, str] = {}
 
@@ -30,7 +30,7 @@ class ResolvedModel:
         spec: the zoo entry it is (or was recognised as), or ``None`` for a foreign folder.
         paddle: its files on disk.
         synthetic: True when its weights are seeded random numbers (predictions are meaningless).
-        key: a folder-safe name for caches derived from it, e.g. ``ResNet50-synthetic-json``,
+        key: a folder-safe name for caches derived from it, e.g. ``ResNet50-synthetic-r2-json``,
             ``ResNet50-official`` or ``dir-<hash of the model files>``.
     """
 
@@ -111,7 +111,9 @@ def resolve_directory(directory: Path, *, synthetic: bool = False, weights: str 
 def resolve_synthetic(spec: ModelSpec, *, fmt: str = "json") -> ResolvedModel:
     """The architecture of ``spec`` with seeded random weights, exported once into the cache."""
     warn_synthetic()
-    key = f"{spec.name}-synthetic-{fmt}"
+    from ppdeploy.models.export import SYNTHETIC_RECIPE
+
+    key = f"{spec.name}-synthetic-{SYNTHETIC_RECIPE}-{fmt}"
     paddle = _export_cached(spec, key, fmt=fmt, synthetic=True)
     return ResolvedModel(spec, paddle, synthetic=True, key=key)
 
@@ -130,7 +132,7 @@ def spec_for_directory(directory: Path, record: dict | None = None) -> ModelSpec
     """The zoo entry a folder holds, from its ``export.json``/``fetch.json`` or its name, else ``None``.
 
     Names tried: the record's model name, the folder name, the folder name without ``_infer`` (official
-    archive layout), and our own cache folder names (``ResNet50-synthetic-json``); official archive stems
+    archive layout), and our own cache folder names (``ResNet50-synthetic-r2-json``); official archive stems
     (``Fix_ResNet50_vd_ssld_v2``) count too. Other suffixes are not guessed at: a fine-tuned
     ``ResNet50-flowers`` must not pass for the ImageNet model.
     """

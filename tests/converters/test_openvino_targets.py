@@ -18,6 +18,7 @@ from ppdeploy.converters import to_openvino
 from ppdeploy.converters.base import ConvertOptions
 from ppdeploy.converters.pipeline import convert_model
 from ppdeploy.errors import ArtifactError, ConversionError, InputSpecError
+from ppdeploy.parity import PROFILES
 from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
 from ppdeploy.runtimes.paddle_infer import PaddleRuntime
 
@@ -31,10 +32,11 @@ TARGETS = ("openvino", "openvino-fp16", "openvino-int8")
 # fp32 max abs 1.1e-6; fp16 weights cosine >= 0.999992, max abs 9.6e-4; int8 cosine >= 0.9908 (R50),
 # 0.9990 (R18), top-1 agreement 50/50; bf16 compute on the fp32 IR: max abs 8e-3 to 1e-2.
 FP32_ATOL = 1e-5
-FP16_MIN_COSINE = 0.9999
-# int8 on synthetic weights: measured worst cosine 0.89, median 0.975 on ResNet18 (16 photos). Random
-# convolutions amplify quantization noise far more than trained ones (docs/parity.md), so this test guards
-# against a broken quantizer (cosine ~0.2, top-1 ~1/1000) rather than asserting the trained-model profile.
+# The fp16 profile's floor (a clean CI run measured 0.99987 on ResNet18, so no tighter); that nothing runs in
+# bf16 is checked by reading the precision back from the compiled model, not by the cosine.
+FP16_MIN_COSINE = PROFILES["fp16"].min_cosine
+# 16 photos are too few for the int8 profile (it needs >= 100 images; tests/test_zoo_parity.py asserts it on
+# ResNet50 and ResNet50_vd): this guards against a broken quantizer (cosine ~0.2, top-1 ~1/1000).
 INT8_MEDIAN_COSINE = 0.9
 INT8_MIN_TOP1 = 0.5
 BF16_FAULT_MIN_DIFF = 1e-4
