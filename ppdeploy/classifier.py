@@ -118,9 +118,20 @@ class Classifier:
             while pending:
                 items = pending.pop(0).result()
                 pending.extend(pool.submit(_load_all, chunk, self.preprocess) for chunk in _take(chunks, 1))
-                good = [item for item in items if item.error is None]
-                probs = self.runtime.infer(np.stack([i.tensor for i in good])) if good else None
-                yield self._records(items, good, probs)
+                yield self._classify_items(items)
+
+    def classify_batch(self, sources: list[Any]) -> list[dict]:
+        """Decode, preprocess and classify one batch of files (paths) as one runtime call, in order.
+
+        Each source gets one record, as in :meth:`predict`: its result, or ``{filename, error}`` when it cannot
+        be read (a missing, empty or corrupt file never raises). ``(name, RGB array)`` pairs are accepted too.
+        """
+        return self._classify_items(_load_all(sources, self.preprocess))
+
+    def _classify_items(self, items: list[_Item]) -> list[dict]:
+        good = [item for item in items if item.error is None]
+        probs = self.runtime.infer(np.stack([i.tensor for i in good])) if good else None
+        return self._records(items, good, probs)
 
     def _records(self, items: list[_Item], good: list[_Item], probs: np.ndarray | None) -> list[dict]:
         from ppdeploy.postprocess import top_k

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ppdeploy.errors import DeployError
+
+# Paddle nags about ccache (a build cache for its C++ extensions, unused here) on every import.
+warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="PaddleClas ResNet models to ONNX, OpenVINO and TensorRT, with parity checks against Paddle.")
@@ -21,6 +25,10 @@ ModelArg = Annotated[str, typer.Argument(help="Zoo name (see 'deploy models') or
 SyntheticOpt = Annotated[bool, typer.Option("--synthetic", help="Seeded synthetic weights instead of a download "
                                             "(predictions are meaningless; for trying the pipeline offline).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Paddle format of a synthetic export: json (PIR) or pdmodel.")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="local (this process) or ray (needs the extra 'ray').")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="--engine ray: the cluster to join (auto, "
+                                                   "HEAD:6379, ray://HEAD:10001); default: start a local Ray.")]
+ENGINES = ("local", "ray")
 
 
 def _err(line: str) -> None:
@@ -110,17 +118,36 @@ def run(images: Annotated[str, typer.Option("--images", help="An image file, a f
         device: Annotated[str, typer.Option("--device", help="cpu or gpu.")] = "cpu",
         threads: Annotated[Optional[int], typer.Option("--threads", help="Inference threads.")] = None,
         synthetic: SyntheticOpt = False,
-        fmt: FormatOpt = "json") -> None:
+        fmt: FormatOpt = "json",
+        output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the records to a *.jsonl "
+                                                       "or *.parquet file instead of printing them.")] = None,
+        engine: EngineOpt = "local",
+        actors: Annotated[int, typer.Option("--actors", min=1, help="--engine ray: actors, each with its own "
+                                            "model instance.")] = 1,
+        actor_cpus: Annotated[float, typer.Option("--actor-cpus", min=0.01, help="--engine ray: CPUs reserved "
+                                                  "per actor.")] = 1.0,
+        address: AddressOpt = None) -> None:
     """Classify images. Exit 0: all ok; 3: some inputs failed (each has an error record); 1: could not run."""
-    from ppdeploy.classifier import Classifier
+    from ppdeploy.results import output_format
 
-    failed = 0
-    with Classifier(model, backend, synthetic=synthetic, fmt=fmt, device=device, threads=threads,
-                    batch_size=batch_size, topk=topk, log=_err) as clf:
-        for batch in clf.predict(images):
-            for record in batch:
-                failed += "error" in record
-                typer.echo(json.dumps(record, ensure_ascii=False) if as_json else _format_record(record))
+    _check_engine(engine)
+    if output is not None:
+        output_format(output)  # a bad suffix fails before the model loads
+    if engine == "ray":
+        from ppdeploy.scaleout.cluster import ModelConfig, require_ray
+
+        require_ray("data")
+        from ppdeploy.scaleout.ray_data import classify_on_ray
+
+        config = ModelConfig(model, backend, synthetic, fmt, device, threads, batch_size, topk)
+        failed = _emit(classify_on_ray(images, config, actors=actors, actor_cpus=actor_cpus, address=address,
+                                       log=_err), output, as_json)
+    else:
+        from ppdeploy.classifier import Classifier
+
+        with Classifier(model, backend, synthetic=synthetic, fmt=fmt, device=device, threads=threads,
+                        batch_size=batch_size, topk=topk, log=_err) as clf:
+            failed = _emit(clf.predict(images), output, as_json)
     if failed:
         _err(f"{failed} input(s) could not be classified; see their error records")
         raise typer.Exit(EXIT_SOME_FAILED)
@@ -274,16 +301,36 @@ def serve(model: ModelArg,
           threads: Annotated[Optional[int], typer.Option("--threads", help="Inference threads per worker.")] = None,
           access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
           synthetic: SyntheticOpt = False,
-          fmt: FormatOpt = "json") -> None:
+          fmt: FormatOpt = "json",
+          engine: EngineOpt = "local",
+          replicas: Annotated[int, typer.Option("--replicas", min=1, help="--engine ray: replicas, each with its "
+                                                "own model instance (the minimum with --max-replicas).")] = 1,
+          max_replicas: Annotated[Optional[int], typer.Option("--max-replicas", min=1, help="--engine ray: "
+                                                              "autoscale up to this many replicas.")] = None,
+          replica_cpus: Annotated[float, typer.Option("--replica-cpus", min=0.01, help="--engine ray: CPUs "
+                                                      "reserved per replica.")] = 1.0,
+          address: AddressOpt = None) -> None:
     """Serve a model over HTTP with dynamic batching: POST /v1/classify, /healthz, /readyz, /metrics, /docs."""
-    from ppdeploy.classifier import Classifier
     from ppdeploy.serving import ServeSettings
-    from ppdeploy.serving.server import bind_socket
-    from ppdeploy.serving.server import serve as run_server
 
+    _check_engine(engine)
     settings = ServeSettings(host=host, port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, workers=workers,
                              max_queue=max_queue, max_request_bytes=max_request_bytes, max_images=max_images,
                              max_pixels=max_pixels, request_timeout_s=request_timeout, topk=topk)
+    if engine == "ray":
+        from ppdeploy.scaleout.cluster import ModelConfig, require_ray
+
+        require_ray("serve")
+        from ppdeploy.scaleout.ray_serve import serve_until_stopped
+
+        config = ModelConfig(model, backend, synthetic, fmt, device, threads, max_batch, topk)
+        serve_until_stopped(config, settings, replicas=replicas, max_replicas=max_replicas,
+                            replica_cpus=replica_cpus, address=address, log=_err)
+        return
+    from ppdeploy.classifier import Classifier
+    from ppdeploy.serving.server import bind_socket
+    from ppdeploy.serving.server import serve as run_server
+
     sock = bind_socket(host, port)  # a busy port fails before the model loads
     try:
         with Classifier(model, backend, synthetic=synthetic, fmt=fmt, device=device, threads=threads,
@@ -291,6 +338,27 @@ def serve(model: ModelArg,
             run_server(clf, settings, sock=sock, access_log=access_log, log=_err)
     finally:
         sock.close()
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise DeployError(f"--engine '{engine}' | unknown engine | choose one of: {', '.join(ENGINES)}")
+
+
+def _emit(batches, output: Optional[Path], as_json: bool) -> int:
+    """Print every record (or write them all to ``output``); return how many are error records."""
+    if output is not None:
+        from ppdeploy.results import write_results
+
+        total, failed = write_results(batches, output)
+        _err(f"wrote {total} record(s) to {output}")
+        return failed
+    failed = 0
+    for batch in batches:
+        for record in batch:
+            failed += "error" in record
+            typer.echo(json.dumps(record, ensure_ascii=False) if as_json else _format_record(record))
+    return failed
 
 
 def _format_record(record: dict) -> str:

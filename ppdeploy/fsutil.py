@@ -53,6 +53,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 @contextlib.contextmanager
+def staging_file(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp file path beside ``final`` to write (streamed, by any library); on success it replaces ``final``.
+
+    On any error the temp file is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
 def staging_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temp folder beside ``final``; on success it replaces ``final`` in one rename.
 

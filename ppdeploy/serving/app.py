@@ -22,7 +22,7 @@ with the status below, and the server keeps serving:
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -150,12 +150,23 @@ class ServedModel:
         return details.get("inference_precision") or details.get("precision", "unknown")
 
 
+# Builds the app's batcher from its runtimes; anything with DynamicBatcher's start/stop/infer/arriving/depth/running.
+BatcherFactory = Callable[[Sequence[Runtime], ServeSettings, ServeMetrics], Any]
+
+
+def dynamic_batcher(runtimes: Sequence[Runtime], settings: ServeSettings, metrics: ServeMetrics) -> DynamicBatcher:
+    """The default batcher: :class:`~ppdeploy.serving.batcher.DynamicBatcher`, one worker per runtime."""
+    return DynamicBatcher(runtimes, max_batch=settings.max_batch, max_delay_s=settings.max_delay_ms / 1000,
+                          max_queue=settings.max_queue, metrics=metrics)
+
+
 @dataclass
 class _State:
     settings: ServeSettings
     model: ServedModel
     metrics: ServeMetrics
-    batcher: DynamicBatcher | None = None
+    batcher_factory: BatcherFactory = dynamic_batcher
+    batcher: Any = None
     decode_pool: ThreadPoolExecutor | None = None
     runtimes: list[Runtime] = field(default_factory=list)
     draining: bool = False
@@ -165,8 +176,8 @@ class _State:
         return self.batcher is not None and self.batcher.running and not self.draining
 
 
-def create_app(source: Any, settings: ServeSettings | None = None, *,
-               preprocess: PreprocessConfig | None = None) -> FastAPI:
+def create_app(source: Any, settings: ServeSettings | None = None, *, preprocess: PreprocessConfig | None = None,
+               batcher_factory: BatcherFactory = dynamic_batcher) -> FastAPI:
     """Build the application around a loaded model.
 
     Args:
@@ -175,6 +186,7 @@ def create_app(source: Any, settings: ServeSettings | None = None, *,
             closes it; runtimes the app creates for extra workers are closed by the app at shutdown.
         settings: batching, limits and timeouts.
         preprocess: overrides the source's preprocessing.
+        batcher_factory: builds the batcher at startup (Ray Serve passes one batching with ``@serve.batch``).
 
     Returns:
         The FastAPI app; ``app.state.serving`` holds its batcher, metrics and settings.
@@ -183,7 +195,7 @@ def create_app(source: Any, settings: ServeSettings | None = None, *,
     pixel_limit(settings.max_pixels)  # a bad $PPDEPLOY_MAX_PIXELS fails here, not in every request
     model = ServedModel.from_source(source, preprocess)
     model.check()
-    state = _State(settings, model, ServeMetrics(settings.max_batch))
+    state = _State(settings, model, ServeMetrics(settings.max_batch), batcher_factory)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -219,9 +231,7 @@ async def _start(state: _State) -> None:
         lambda: [type(base)(base.artifact_dir, device=base.device, threads=base.threads) for _ in range(extra)])
     state.runtimes = [base, *extras]
     state.decode_pool = ThreadPoolExecutor(state.settings.decode_threads, thread_name_prefix="ppdeploy-decode")
-    state.batcher = DynamicBatcher(state.runtimes, max_batch=state.settings.max_batch,
-                                   max_delay_s=state.settings.max_delay_ms / 1000, max_queue=state.settings.max_queue,
-                                   metrics=state.metrics)
+    state.batcher = state.batcher_factory(state.runtimes, state.settings, state.metrics)
     await state.batcher.start()
 
 
