@@ -342,7 +342,9 @@ def serve(model: ModelArg,
 
 def _check_engine(engine: str) -> None:
     if engine not in ENGINES:
-        raise DeployError(f"--engine '{engine}' | unknown engine | choose one of: {', '.join(ENGINES)}")
+        from ppdeploy.errors import one_line
+
+        raise DeployError(one_line(f"--engine '{engine}'", "unknown engine", "choose one of: " + ", ".join(ENGINES)))
 
 
 def _emit(batches, output: Optional[Path], as_json: bool) -> int:

@@ -43,6 +43,12 @@ class ParityError(DeployError):
     """A backend's outputs disagree with the reference beyond tolerance."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, or its type's name when it has no message (library messages run over many)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def one_line(subject: str, problem: str, fix: str | None = None) -> str:
     """Format a message as ``subject | problem | what to do``."""
     parts = [subject, problem] + ([fix] if fix else [])

@@ -7,8 +7,9 @@ whose missing columns are null.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +72,21 @@ def write_results(batches: Iterable[list[dict]], path: str | Path) -> tuple[int,
 
     fmt = output_format(path)
     total = failed = 0
-    with staging_file(path) as tmp:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            with pq.ParquetWriter(tmp, arrow_schema()) as writer:
-                for batch in batches:
-                    writer.write_table(records_table(batch))
-                    total, failed = total + len(batch), failed + sum("error" in r for r in batch)
-        else:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for batch in batches:
-                    fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in batch)
-                    total, failed = total + len(batch), failed + sum("error" in r for r in batch)
+    with staging_file(path) as tmp, _batch_writer(fmt, tmp) as write:
+        for batch in batches:
+            write(batch)
+            total, failed = total + len(batch), failed + sum("error" in r for r in batch)
     return total, failed
+
+
+@contextlib.contextmanager
+def _batch_writer(fmt: str, path: Path) -> Iterator[Callable[[list[dict]], None]]:
+    """A function appending one batch of records to ``path`` in ``fmt``, valid inside the ``with``."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        with pq.ParquetWriter(path, arrow_schema()) as writer:
+            yield lambda batch: writer.write_table(records_table(batch))
+    else:
+        with open(path, "w", encoding="utf-8") as fh:
+            yield lambda batch: fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in batch)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 
 from ppdeploy.converters.base import TARGETS

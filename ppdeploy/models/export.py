@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ppdeploy import errors
-from ppdeploy.errors import ConversionError, DeployError, ModelNotFoundError, WeightsMismatchError, one_line
+from ppdeploy.errors import (ConversionError, DeployError, ModelNotFoundError, WeightsMismatchError, first_line,
+                             one_line)
 from ppdeploy.fsutil import atomic_write_text, staging_dir
 from ppdeploy.models.paddle_files import PREFIX
 from ppdeploy.models.zoo import ModelSpec, get_model
@@ -154,7 +155,7 @@ def load_weights(net: paddle.nn.Layer, spec: ModelSpec, path: Path) -> None:
     try:
         state = paddle.load(str(path))
     except Exception as exc:  # paddle raises bare ValueError/RuntimeError/UnpicklingError variants
-        raise WeightsMismatchError(one_line(f"weights '{path}'", f"not a Paddle state dict ({_first_line(exc)})",
+        raise WeightsMismatchError(one_line(f"weights '{path}'", f"not a Paddle state dict ({first_line(exc)})",
                                             f"pass a PaddleClas {spec.name} .pdparams file")) from exc
     if not isinstance(state, dict):
         raise WeightsMismatchError(one_line(f"weights '{path}'", f"holds a {type(state).__name__}, not a state dict",
@@ -296,12 +297,13 @@ def _calibrate_classifier(fc: paddle.nn.Linear, features: np.ndarray, rng: np.ra
     worst on 100 photos, instead of 0.003 with the mean removed entirely) (docs/parity.md).
     """
     mean = features.mean(axis=0).astype(np.float64)
-    centred = features.astype(np.float64) - mean
+    features = features.astype(np.float64)
+    centred = features - mean
     weight = fc.weight.numpy().astype(np.float64) * BACKGROUND_CLASS_GAIN  # [features, classes]
     classes = rng.choice(weight.shape[1], size=len(centred), replace=False)
     weight[:, classes] = (centred / np.linalg.norm(centred, axis=1, keepdims=True).clip(1e-12)).T
     bias = -(1.0 - SHARED_FEATURE_SHARE) * mean @ weight
-    logits = features.astype(np.float64) @ weight + bias
+    logits = features @ weight + bias
     scale = _scale_for_median_top1(logits, TARGET_MEDIAN_TOP1)
     fc.weight.set_value((weight * scale).astype(np.float32))
     fc.bias.set_value((bias * scale).astype(np.float32))
@@ -347,7 +349,7 @@ def save_inference(net: paddle.nn.Layer, spec: ModelSpec, directory: Path, fmt: 
         static = paddle.jit.to_static(model, input_spec=[spec_x], full_graph=True)
         paddle.jit.save(static, str(directory / PREFIX))
     except Exception as exc:  # Paddle's own error types vary by version and mode
-        raise ConversionError(one_line(f"export {spec.name} ({fmt})", f"paddle.jit.save failed: {_first_line(exc)}",
+        raise ConversionError(one_line(f"export {spec.name} ({fmt})", f"paddle.jit.save failed: {first_line(exc)}",
                                        "check the Paddle install (deploy doctor)")) from exc
     missing = [name for name in MODEL_FILES[fmt] if not (directory / name).is_file()]
     if missing:
@@ -474,11 +476,6 @@ def _paddle_version() -> str | None:
         return importlib.metadata.version("paddlepaddle")
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _load_calib(path: str | None) -> list[np.ndarray] | None:

@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ppdeploy.errors import BackendUnavailableError, DeployError, one_line
+from ppdeploy.errors import BackendUnavailableError, DeployError, first_line, one_line
 
 INSTALL_HINT = "pip install 'ppdeploy[ray]'"
 
@@ -77,8 +77,3 @@ def connect(address: str | None = None) -> bool:
                                    "start it with 'ray start --head', or check --address")) from None
     return True
 
-
-def first_line(exc: BaseException) -> str:
-    """An exception's first line (Ray's messages run over many)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from ppdeploy.errors import DeployError, one_line
+from ppdeploy.errors import DeployError, first_line, one_line
 from ppdeploy.runtimes.base import Runtime
-from ppdeploy.scaleout.cluster import ModelConfig, connect, first_line
+from ppdeploy.scaleout.cluster import ModelConfig, connect
 from ppdeploy.serving.batcher import BatcherClosedError, QueueFullError
 from ppdeploy.serving.metrics import ServeMetrics
 from ppdeploy.serving.settings import ServeSettings
