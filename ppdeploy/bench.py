@@ -134,7 +134,7 @@ class BenchSettings:
     warmup: int = 5
     iters: int = 50
     rounds: int = 5
-    parity_images: int = 100
+    parity_images: int = 120
     e2e_passes: int = 0
     overhead_iters: int = 200
     settle_s: float = 0.3
@@ -446,8 +446,8 @@ def _parity_detail(info: BackendInfo) -> str:
     metrics = info.parity.get("metrics") or {}
     if not metrics:
         return "; ".join(info.parity.get("reasons", []))[:80] or "-"
-    return (f"max abs {metrics['max_abs']:.1e}, min cos {metrics['min_cosine']:.4f}, "
-            f"top-1 {metrics['top1_agreement']:.0%} on {metrics['images']}")
+    return (f"max abs {metrics['max_abs']:.1e}, max TV {metrics['max_tv']:.1e}, "
+            f"top-1 {metrics['decisive_top1']:.0%} of {metrics['decisive']} decisive / {metrics['images']}")
 
 
 def _conversion_text(info: BackendInfo) -> str:
@@ -948,14 +948,12 @@ def conversion_chain(artifact_dir: Path) -> list[tuple[str, float]]:
 
 def check_parity(resolved: Any, variants: Sequence[Variant], artifacts: dict[str, Path], report: BenchReport,
                  settings: BenchSettings, say: Log) -> None:
-    """Judge every runnable row against its parity profile on ``settings.parity_images`` sample photos."""
+    """Judge every runnable row against its parity profile on ``settings.parity_images`` held-out judge photos."""
     from ppdeploy.parity import PROFILES, ParityChecker
-    from ppdeploy.samples import sample_images
+    from ppdeploy.samples import builtin_set
 
-    say(f"parity: reference outputs on {settings.parity_images} sample photos ...")
-    pictures = sample_images(settings.parity_images)
-    checker = ParityChecker(resolved, pictures, [f"sample_{i:03d}" for i in range(len(pictures))],
-                            threads=settings.threads)
+    say(f"parity: reference outputs on {settings.parity_images} judge photos ...")
+    checker = ParityChecker(resolved, builtin_set("judge", settings.parity_images), threads=settings.threads)
     for variant in variants:
         info = report.info(variant.label)
         if info.status != "ok" or variant.label == REFERENCE:
@@ -973,6 +971,7 @@ def check_parity(resolved: Any, variants: Sequence[Variant], artifacts: dict[str
         metrics = dataclasses.asdict(result.metrics) if result.metrics else None
         if metrics:
             metrics.pop("flipped", None)
+            metrics.pop("near_ties", None)
         info.parity = {"status": result.status, "profile": result.profile, "reasons": result.reasons,
                        "metrics": metrics}
 

@@ -92,19 +92,53 @@ def convert(model: ModelArg,
             fmt: FormatOpt = "json",
             calib_images: Annotated[Optional[Path], typer.Option("--calib-images", help="Calibration images for "
                                                                  "int8 (default: built-in sample photos).")] = None,
+            val_images: Annotated[Optional[Path], typer.Option("--val-images", help="int8 accuracy control: "
+                                                               "validation images, none of them (or copies of "
+                                                               "them) among the calibration images (default: "
+                                                               "built-in validation photos).")] = None,
+            val_count: Annotated[int, typer.Option("--val-count", min=1, help="int8 accuracy control: how many "
+                                                   "validation images.")] = 64,
+            max_drop: Annotated[float, typer.Option("--max-drop", min=0.0, max=0.999, help="int8 accuracy "
+                                                    "control: largest allowed drop of top-1 agreement with the "
+                                                    "fp32 model on the validation images (absolute; 0.01 = one "
+                                                    "point). The layers that cost most go back to fp32 until it "
+                                                    "holds; the manifest's quantization.accuracy_control records "
+                                                    "the drop before and after and those layers. On 64 images "
+                                                    "0.01 allows no flipped image.")] = 0.01,
+            no_accuracy_control: Annotated[bool, typer.Option("--no-accuracy-control", help="int8: plain "
+                                                              "quantization, ignore --max-drop (the drop is still "
+                                                              "measured and recorded).")] = False,
             max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch engines accept.")] = 8,
             opset: Annotated[int, typer.Option("--opset", help="ONNX opset (13-21).")] = 17,
             force: Annotated[bool, typer.Option("--force", help="Rebuild even if a valid artifact exists.")] = False,
             ) -> None:
-    """Convert a model to a deployable artifact (cached and reused while valid)."""
+    """Convert a model to a deployable artifact (cached and reused while valid); int8 under accuracy control."""
+    from ppdeploy.converters.base import ConvertOptions
     from ppdeploy.converters.pipeline import convert_model, default_options, get_target
     from ppdeploy.models.resolve import resolve_model
 
-    get_target(to)  # an unknown target fails before any download or export
+    spec = get_target(to)  # an unknown target fails before any download or export
+    images = {"calib_images": calib_images, "val_images": val_images, "val_count": val_count,
+              "max_drop": None if no_accuracy_control else max_drop}
+    if spec.precision == "int8":  # overlapping calibration and validation images fail before any slow work
+        from ppdeploy.converters.accuracy import image_sets
+
+        image_sets(ConvertOptions(**images))
     resolved = resolve_model(model, synthetic=synthetic, fmt=fmt)
-    options = default_options(resolved, to, calib_images=calib_images, max_batch=max_batch, opset=opset)
+    options = default_options(resolved, to, **images, max_batch=max_batch, opset=opset)
     out = convert_model(resolved, to, options=options, out_dir=output, force=force, log=_err)
+    _warn_missed_drop(out, to)
     typer.echo(str(out))
+
+
+def _warn_missed_drop(artifact: Path, target: str) -> None:
+    from ppdeploy.artifacts import load_manifest
+
+    control = load_manifest(artifact).get("quantization", {}).get("accuracy_control") or {}
+    if control.get("reached") is False:
+        _err(f"warning: {target}: accuracy control could not meet --max-drop {control['max_drop']}: top-1 agreement "
+             f"with fp32 {control['int8_metric']:.3f} (drop {control['drop']:.3f}) on the validation images; "
+             f"{control.get('note') or 'see quantization.accuracy_control in the manifest'}")
 
 
 @app.command()
@@ -155,34 +189,45 @@ def run(images: Annotated[str, typer.Option("--images", help="An image file, a f
 
 @app.command()
 def parity(model: ModelArg = "ResNet50",
-           backends: Annotated[str, typer.Option("--backends", help="'all' or a comma list: paddle, onnx, "
-                                                 "onnx-fp16, openvino-int8, trt-fp16, ...")] = "all",
+           backends: Annotated[Optional[str], typer.Option("--backends", help="'all' or a comma list: paddle, onnx, "
+                                                 "onnx-fp16, openvino-int8, trt-fp16, ... (default: all, or none "
+                                                 "besides --artifact)")] = None,
            synthetic: SyntheticOpt = False,
            fmt: FormatOpt = "json",
-           images: Annotated[Optional[str], typer.Option("--images", help="Your images (folder/glob); default: "
-                                                         "built-in sample photos.")] = None,
-           count: Annotated[int, typer.Option("--count", min=1, help="Sample photos when --images is not given.")
-                            ] = 100,
+           artifact: Annotated[Optional[Path], typer.Option("--artifact", help="Judge a model file made by any tool: "
+                                                            ".onnx, OpenVINO .xml, TensorRT .engine (no manifest "
+                                                            "needed); its profile follows what it computes.")] = None,
+           profile: Annotated[Optional[str], typer.Option("--profile", help="Judge --artifact by this profile: "
+                                                          "fp32, fp16, bf16, int8.")] = None,
+           images: Annotated[Optional[str], typer.Option("--images", help="Your judge images (folder/glob); "
+                                                         "default: the built-in judge photos, which never shape "
+                                                         "synthetic weights nor calibrate int8.")] = None,
+           count: Annotated[Optional[int], typer.Option("--count", min=1, help="Built-in judge images (default "
+                                                        "120), or at most this many of --images.")] = None,
+           strict: Annotated[bool, typer.Option("--strict", help="Fail a verdict whose judge images overlap the "
+                                                "images that shaped or calibrated what it judges.")] = False,
            batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
            threads: Annotated[Optional[int], typer.Option("--threads")] = None,
            json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON.")] = None,
            junit_file: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML.")] = None,
            atol: Annotated[Optional[float], typer.Option("--atol", help="Override every profile's max abs diff.")
                            ] = None,
-           min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Override every profile's "
-                                                               "min cosine.")] = None,
+           max_tv: Annotated[Optional[float], typer.Option("--max-tv", help="Override every profile's largest total "
+                                                           "variation distance per image.")] = None,
            min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Override every profile's top-1 "
-                                                             "agreement (0-1).")] = None) -> None:
-    """Check backends against native Paddle Inference on real images; exit 0 only if all pass."""
+                                                             "agreement on decisive images (0-1).")] = None) -> None:
+    """Check backends against native Paddle Inference on held-out real images; exit 0 only if all pass."""
     import dataclasses
 
     from ppdeploy import parity as parity_mod
     from ppdeploy.fsutil import atomic_write_text
 
-    changes = {k: v for k, v in (("max_abs", atol), ("min_cosine", min_cosine), ("min_top1", min_top1)) if v is not None}
+    changes = {k: v for k, v in (("max_abs", atol), ("max_tv", max_tv), ("min_top1", min_top1)) if v is not None}
     overrides = {name: dataclasses.replace(p, **changes) for name, p in parity_mod.PROFILES.items()} if changes else None
-    report = parity_mod.parity(model, backends, synthetic=synthetic, fmt=fmt, images=images, count=count,
-                               batch_size=batch_size, threads=threads, overrides=overrides, log=_err)
+    report = parity_mod.parity(model, backends if backends is not None else ("" if artifact else "all"),
+                               synthetic=synthetic, fmt=fmt, images=images, count=count, batch_size=batch_size,
+                               threads=threads, overrides=overrides, strict=strict, artifact=artifact,
+                               profile=profile, log=_err)
     typer.echo(report.render())
     if json_file:
         atomic_write_text(json_file, report.to_json())
@@ -228,9 +273,9 @@ def bench(model: ModelArg = "ResNet50",
           rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved rounds the timed calls are "
                                               "split into.")] = 5,
           parity_check: Annotated[bool, typer.Option("--parity/--no-parity", help="Judge every row against its "
-                                                     "parity profile on sample photos.")] = True,
-          parity_images: Annotated[int, typer.Option("--parity-images", min=1, help="Sample photos for the parity "
-                                                     "verdicts (int8 needs >= 100).")] = 100,
+                                                     "parity profile on held-out judge photos.")] = True,
+          parity_images: Annotated[int, typer.Option("--parity-images", min=1, help="Judge photos for the parity "
+                                                     "verdicts (int8 needs >= 100).")] = 120,
           e2e: Annotated[bool, typer.Option("--e2e", help="Also time the whole pipeline over --images and a "
                                             "PaddleClas-style serial loop.")] = False,
           images: Annotated[Optional[Path], typer.Option("--images", help="Photo folder for --e2e (default: 64 "

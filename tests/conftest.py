@@ -40,3 +40,24 @@ def photos():
 
     images = sample_images(16)
     return images, [f"sample_{i:03d}" for i in range(len(images))]
+
+
+@pytest.fixture(scope="session")
+def profile_agreement():
+    """``profile_agreement(reference, output)``: see :func:`_profile_agreement`."""
+    return _profile_agreement
+
+
+def _profile_agreement(reference, output) -> float:
+    """Share of images that pass the int8 profile's per-image rules against ``reference``, computed here
+    independently of ``ppdeploy.converters.accuracy``: the same top-1 class unless the reference's top-1/top-2
+    log-margin is within the tie margin, and a total variation distance within ``max_tv``."""
+    import numpy as np
+
+    from ppdeploy.profiles import PROFILES
+
+    profile = PROFILES["int8"]
+    top = np.sort(np.maximum(reference.astype(np.float64), 1e-7), axis=1)
+    tie = np.log(top[:, -1] / top[:, -2]) <= profile.tie_margin
+    tv = 0.5 * np.abs(output.astype(np.float64) - reference).sum(axis=1)
+    return float((((output.argmax(1) == reference.argmax(1)) | tie) & (tv <= profile.max_tv)).mean())

@@ -3,8 +3,9 @@
 - Every model (synthetic weights, legacy ``.pdmodel`` so OpenVINO reads Paddle directly): paddle → ONNX → ONNX
   Runtime and paddle → OpenVINO, fp32 strict.
 - PIR ``.json`` for a plain, a ``vd`` and the 320x320 model: ONNX Runtime and OpenVINO (through ONNX), fp32 strict.
-- ResNet50 and ResNet50_vd on 100 photos: fp16 targets, OpenVINO bf16 and both int8 targets, each with its
-  precision's profile (docs/parity.md).
+- ResNet18_vd, ResNet34, ResNet50, ResNet101_vd and ResNet200_vd on the 120 held-out judge photos: fp16
+  targets, OpenVINO bf16 (where the CPU computes it) and both int8 targets (accuracy-controlled), each with its
+  precision's profile (docs/parity.md); the judge photos never shaped the weights nor calibrated int8.
 - TensorRT: the same checks, marked ``gpu``.
 A guard test fails when a zoo model or a registered backend/target is missing from this suite.
 """
@@ -20,11 +21,16 @@ from ppdeploy.converters.pipeline import artifact_root, model_key
 from ppdeploy.models import MODELS
 from ppdeploy.parity import PROFILES, ParityChecker
 from ppdeploy.runtimes import RUNTIMES
-from ppdeploy.samples import sample_images
+from ppdeploy.samples import builtin_set
 
 FP32_BACKENDS = ("paddle", "onnx", "openvino")
 JSON_MODELS = ("ResNet34", "ResNet18_vd", "Fix_ResNet50_vd_ssld")
-LOW_PRECISION_MODELS = ("ResNet50", "ResNet50_vd")
+LOW_PRECISION_MODELS = ("ResNet18_vd", "ResNet34", "ResNet50", "ResNet101_vd", "ResNet200_vd")
+BF16_MODELS = ("ResNet18_vd", "ResNet34", "ResNet50")  # bf16 without AMX is slow: docs/parity.md has all 16
+# ResNet200_vd's int8 rows pass in docs/parity.md (their own process), but ONNX Runtime's histogram calibrator keeps
+# every activation of all 64 calibration images before histogramming them: inside this long test session that
+# outgrew 24 GB. Until calibration is fed in strides (issue note), CI judges ResNet200_vd in fp32 and fp16 only.
+INT8_MODELS = ("ResNet18_vd", "ResNet34", "ResNet50", "ResNet101_vd")
 LOW_PRECISION_CPU = ("onnx-fp16", "openvino-fp16")
 INT8_CPU = ("onnx-int8", "openvino-int8")
 GPU_TARGETS = ("trt-fp32", "trt-fp16", "trt-int8")
@@ -45,12 +51,13 @@ def _report(name: str, fmt: str, result) -> None:
     """One line per checked pair, shown with ``pytest -rP`` / ``-s`` (the figures quoted in docs/parity.md)."""
     m = result.metrics
     print(f"{name:22s} {fmt:7s} {result.backend:14s} {result.status:4s} max_abs={m.max_abs:.2e} "
-          f"min_cos={m.min_cosine:.6f} top1={m.top1_agreement:.2%} ({result.seconds:.1f} s)")
+          f"max_tv={m.max_tv:.2e} mean_tv={m.mean_tv:.2e} shift={m.max_margin_shift:.3f} "
+          f"decisive_top1={m.decisive_top1:.2%} of {m.decisive}, flips={len(m.flipped)} ties={len(m.near_ties)} "
+          f"({result.seconds:.1f} s)")
 
 
 def _checker(synthetic_model, name, fmt, count):
-    images = sample_images(count, seed=11)
-    return ParityChecker(synthetic_model(name, fmt), images, [f"sample_{i:03d}" for i in range(count)])
+    return ParityChecker(synthetic_model(name, fmt), builtin_set("judge", count))
 
 
 def test_suite_covers_every_model_and_backend():
@@ -67,7 +74,7 @@ FP32_CASES = [(name, "pdmodel") for name in MODELS] + [(name, "json") for name i
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "fmt"), FP32_CASES)
 def test_zoo_fp32(synthetic_model, name, fmt):
-    checker = _checker(synthetic_model, name, fmt, 8)
+    checker = _checker(synthetic_model, name, fmt, 16)
     try:
         for backend in FP32_BACKENDS[1:]:
             result = checker.check_backend(backend)
@@ -80,7 +87,7 @@ def test_zoo_fp32(synthetic_model, name, fmt):
 
 @pytest.fixture(scope="module", params=LOW_PRECISION_MODELS)
 def low_precision_checker(request, synthetic_model):
-    checker = _checker(synthetic_model, request.param, "json", 100)
+    checker = _checker(synthetic_model, request.param, "json", 120)
     yield checker
     _free(checker.model)
 
@@ -91,12 +98,15 @@ def test_low_precision_profiles(low_precision_checker):
         result = low_precision_checker.check_backend(target)
         _report(low_precision_checker.model.name, "json", result)
         assert result.status == "pass", (target, result.reasons)
+        assert result.calibration_overlap is None
 
 
 @pytest.mark.slow
 def test_openvino_bf16_profile(low_precision_checker):
     from ppdeploy.converters.pipeline import convert_model
 
+    if low_precision_checker.model.name not in BF16_MODELS:
+        pytest.skip("bf16 runs on ResNet18_vd, ResNet34 and ResNet50 in CI (docs/parity.md: all 16 models)")
     artifact = convert_model(low_precision_checker.model, "openvino")
     with RUNTIMES["openvino"](artifact, precision_override="bf16") as runtime:
         if "bf16" not in runtime.details.get("inference_precision", ""):
@@ -110,9 +120,12 @@ def test_openvino_bf16_profile(low_precision_checker):
 @pytest.mark.slow
 @pytest.mark.parametrize("target", INT8_CPU)
 def test_int8_profile(low_precision_checker, target):
+    if low_precision_checker.model.name not in INT8_MODELS:
+        pytest.skip("int8 of ResNet200_vd runs in scripts/parity_matrix.py, not in this session (memory; see above)")
     result = low_precision_checker.check_backend(target)
     _report(low_precision_checker.model.name, "json", result)
     assert result.profile == "int8" and result.metrics.images >= PROFILES["int8"].min_images
+    assert result.calibration_overlap is False, "judge photos must not calibrate int8"
     assert result.status == "pass", result.reasons
 
 
@@ -122,6 +135,6 @@ def test_tensorrt_targets(synthetic_model, target):
     ok, reason = RUNTIMES["tensorrt"].availability()
     if not ok:
         pytest.skip(reason)
-    checker = _checker(synthetic_model, "ResNet50", "json", 100)
+    checker = _checker(synthetic_model, "ResNet50", "json", 120)
     result = checker.check_backend(target)
     assert result.status == "pass", result.reasons

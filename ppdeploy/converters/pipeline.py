@@ -140,11 +140,12 @@ def _source(model: Any, spec: Target, options: ConvertOptions, out_dir: Path,
 
 def _fingerprint(paddle: PaddleModel, spec: Target, options: ConvertOptions, src_manifest: dict | None) -> dict:
     """Everything that, when changed, makes a cached artifact stale."""
-    calib = None
+    calib = validation = max_drop = None
     if spec.precision == "int8" and spec.source in (None, "openvino", "onnx"):
-        from ppdeploy.samples import calibration_hash
+        from ppdeploy.samples import set_hash
 
-        calib = calibration_hash(options.calib_images, options.calib_count)
+        calib = set_hash("calibration", options.calib_images, options.calib_count)
+        validation, max_drop = set_hash("validation", options.val_images, options.val_count), options.max_drop
     return {
         "target": spec.name,
         "source_hash": source_hash(paddle),
@@ -152,6 +153,8 @@ def _fingerprint(paddle: PaddleModel, spec: Target, options: ConvertOptions, src
         "options": {"opset": options.opset, "max_batch": options.max_batch, "input_size": options.input_size,
                     "workspace_mb": options.workspace_mb, "preprocess": options.preprocess},
         "calibration_hash": calib,
+        "validation_hash": validation,
+        "max_drop": max_drop,
         "tools": tool_versions(),
     }
 

@@ -42,6 +42,7 @@ from ppdeploy.errors import (ConversionError, DeployError, ModelNotFoundError, W
                              one_line)
 from ppdeploy.fsutil import atomic_write_text, staging_dir
 from ppdeploy.models.paddle_files import PREFIX
+from ppdeploy.models.synthetic import SHAPE_IMAGES, SYNTHETIC_RECIPE, synthesize_weights  # noqa: F401
 from ppdeploy.models.zoo import ModelSpec, get_model
 
 if TYPE_CHECKING:
@@ -51,19 +52,13 @@ FORMATS = ("json", "pdmodel")
 MODEL_FILES = {"json": ("inference.json", "inference.pdiparams"),
                "pdmodel": ("inference.pdmodel", "inference.pdiparams")}
 PIR_FLAG = "FLAGS_enable_pir_api"
-CALIBRATION_IMAGES = 16  # real photos whose statistics set the BatchNorm buffers of synthetic weights
-TARGET_MEDIAN_TOP1 = 0.5  # median top-1 probability the synthetic classifier is scaled to, on those photos
-RESIDUAL_GAIN = 0.05  # scale of each residual branch's last BatchNorm in synthetic weights
-BACKGROUND_CLASS_GAIN = 0.3  # norm of the non-prototype classes' weights next to the prototypes' (1.0)
-SHARED_FEATURE_SHARE = 0.5  # part of the photos' mean feature the synthetic classifier keeps (a class prior)
-SYNTHETIC_RECIPE = "r2"  # bump when the synthetic weights change: it is part of their cache key
 
 _ERROR_LINE = re.compile(r"^(\w+Error): (.*)$")
 
 
 def export_model(spec: ModelSpec, out_dir: str | os.PathLike, *, weights: str | os.PathLike | None = None,
                  synthetic: bool = False, fmt: str = "json", seed: int = 0,
-                 calib_images: Sequence[np.ndarray] | None = None) -> Path:
+                 shape_images: Sequence[np.ndarray] | None = None) -> Path:
     """Write ``spec`` as a Paddle inference model into ``out_dir`` (replacing what is there, atomically).
 
     Args:
@@ -75,8 +70,8 @@ def export_model(spec: ModelSpec, out_dir: str | os.PathLike, *, weights: str | 
         fmt: ``"json"`` (Paddle 3 PIR) or ``"pdmodel"`` (legacy ProgramDesc); a format other than this
             process's :func:`native_format` is exported in a child process.
         seed: seeds the synthetic weights; the same seed gives the same weights.
-        calib_images: RGB ``uint8`` photos to measure the synthetic BatchNorm statistics on; ``None`` uses
-            :data:`CALIBRATION_IMAGES` of :func:`ppdeploy.samples.sample_images`.
+        shape_images: RGB ``uint8`` photos that shape the synthetic weights (BatchNorm statistics, classifier);
+            ``None`` uses :data:`SHAPE_IMAGES` built-in ``shape`` photos, which never judge anything.
 
     Returns:
         ``out_dir``.
@@ -91,14 +86,22 @@ def export_model(spec: ModelSpec, out_dir: str | os.PathLike, *, weights: str | 
     weights = Path(weights) if weights is not None else None
     out_dir = Path(out_dir)
     started = time.perf_counter()
+    shape_set = None
+    if synthetic:
+        from ppdeploy.samples import array_set, builtin_set
+
+        shape = (builtin_set("shape", SHAPE_IMAGES) if shape_images is None
+                 else array_set(list(shape_images), "shape", f"{len(shape_images)} images passed to export_model"))
+        shape_images, shape_set = shape.images, shape.record()
     with staging_dir(out_dir) as staging:
         if fmt == native_format():
-            export_into(spec, staging, weights=weights, fmt=fmt, seed=seed, calib_images=calib_images)
+            export_into(spec, staging, weights=weights, fmt=fmt, seed=seed, shape_images=shape_images)
         else:
-            _export_in_child(spec, staging, weights=weights, fmt=fmt, seed=seed, calib_images=calib_images)
+            _export_in_child(spec, staging, weights=weights, fmt=fmt, seed=seed, shape_images=shape_images)
         write_deploy_yaml(spec, staging)
         record = {"model": spec.name, "synthetic": weights is None, "seed": seed if weights is None else None,
                   "format": fmt, "weights": str(weights.resolve()) if weights else None,
+                  "recipe": SYNTHETIC_RECIPE if weights is None else None, "shape_set": shape_set,
                   "input_shape": [None, 3, spec.input_size, spec.input_size], "paddle": _paddle_version(),
                   "seconds": round(time.perf_counter() - started, 3)}
         atomic_write_text(staging / "export.json", json.dumps(record, indent=2) + "\n")
@@ -120,7 +123,7 @@ def _check_options(spec: ModelSpec, *, weights: str | os.PathLike | None, synthe
 
 
 def export_into(spec: ModelSpec, directory: Path, *, weights: Path | None = None, fmt: str = "json", seed: int = 0,
-                calib_images: Sequence[np.ndarray] | None = None) -> None:
+                shape_images: Sequence[np.ndarray] | None = None) -> None:
     """Build, fill and save the model into the existing folder ``directory``, in this process.
 
     ``weights=None`` means synthetic weights. ``fmt`` must match this process's Paddle mode (see module doc).
@@ -135,7 +138,7 @@ def export_into(spec: ModelSpec, directory: Path, *, weights: Path | None = None
         if weights is not None:
             load_weights(net, spec, weights)
         else:
-            synthesize_weights(net, spec, seed=seed, calib_images=calib_images)
+            synthesize_weights(net, _shape_batch(spec, shape_images), seed=seed)
         save_inference(net, spec, directory, fmt)
 
 
@@ -192,143 +195,15 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in getattr(value, "shape", np.shape(value)))
 
 
-def synthesize_weights(net: paddle.nn.Layer, spec: ModelSpec, *, seed: int = 0,
-                       calib_images: Sequence[np.ndarray] | None = None) -> dict[str, float]:
-    """Fill ``net`` with seeded random weights that behave like a trained model's on real photos.
-
-    1. He-normal convolutions, BatchNorm scales near 1 and shifts near 0, from ``numpy`` seeded with ``seed``;
-    2. every BatchNorm's running mean and variance set to the statistics of its input over the photos (one
-       train-mode pass with momentum 0, so the running buffers become exactly the measured ones);
-    3. a prototype classifier (:func:`_calibrate_classifier`) centred on the photos' mean feature and scaled so
-       that the median top-1 probability over them is :data:`TARGET_MEDIAN_TOP1`.
-
-    Returns:
-        ``{"fc_scale": ..., "median_top1": ...}`` measured on the calibration photos.
-    """
-    _random_init(net, np.random.default_rng(seed))
-    _damp_residual_branches(net)
-    features = _recalibrate_batchnorm(net, _calibration_batch(spec, calib_images))
-    return _calibrate_classifier(net.classifier, features, np.random.default_rng([seed, 1]))
-
-
-def _calibration_batch(spec: ModelSpec, images: Sequence[np.ndarray] | None) -> np.ndarray:
+def _shape_batch(spec: ModelSpec, images: Sequence[np.ndarray] | None) -> np.ndarray:
+    """The preprocessed photos synthetic weights are shaped by (default: the built-in shape set)."""
     from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
 
     if images is None:
-        from ppdeploy.samples import sample_images
+        from ppdeploy.samples import builtin_set
 
-        images = sample_images(CALIBRATION_IMAGES)
-    if len(images) < 2:
-        raise DeployError(one_line("calibration images", f"got {len(images)}", "pass at least 2 photos"))
+        images = builtin_set("shape", SHAPE_IMAGES).images
     return preprocess_batch(list(images), PreprocessConfig.from_spec(spec))
-
-
-def _random_init(net: paddle.nn.Layer, rng: np.random.Generator) -> None:
-    """Deterministic values for every entry of the state dict, in its (stable) order."""
-    from paddle import nn
-
-    for layer in net.sublayers():
-        if isinstance(layer, nn.Conv2D):
-            fan_in = int(np.prod(layer.weight.shape[1:]))
-            layer.weight.set_value(rng.normal(0.0, np.sqrt(2.0 / fan_in), layer.weight.shape).astype(np.float32))
-        elif isinstance(layer, nn.BatchNorm2D):
-            channels = layer.weight.shape[0]
-            layer.weight.set_value(rng.uniform(0.8, 1.2, channels).astype(np.float32))
-            layer.bias.set_value(rng.normal(0.0, 0.1, channels).astype(np.float32))
-            layer._mean.set_value(np.zeros(channels, np.float32))
-            layer._variance.set_value(np.ones(channels, np.float32))
-        elif isinstance(layer, nn.Linear):
-            fan_in = layer.weight.shape[0]
-            layer.weight.set_value(rng.normal(0.0, 1.0 / np.sqrt(fan_in), layer.weight.shape).astype(np.float32))
-            layer.bias.set_value(np.zeros(layer.bias.shape, np.float32))
-
-
-def _damp_residual_branches(net: paddle.nn.Layer) -> None:
-    """Scale the last BatchNorm of every residual branch by :data:`RESIDUAL_GAIN`.
-
-    Trained ResNets keep residual branches small next to the identity path (hence "zero-init residual"); random
-    full-gain branches instead compound every rounding error block after block, so fp16/int8 parity on them
-    would measure the random network's chaos rather than the converter. Measured on ResNet50 with 100 photos:
-    gain 1.0 -> onnx-fp16 min cosine 0.9657, gain 0.05 -> 0.9999 (docs/parity.md).
-    """
-    for layer in net.sublayers():
-        main = getattr(layer, "main", None)
-        if isinstance(main, list) and main:
-            norm = getattr(main[-1], main[-1]._bn_attr)
-            norm.weight.set_value(norm.weight.numpy() * RESIDUAL_GAIN)
-
-
-def _recalibrate_batchnorm(net: paddle.nn.Layer, batch: np.ndarray) -> np.ndarray:
-    """Set every BatchNorm's running statistics to those of the batch; return the pooled features.
-
-    In train mode each BatchNorm normalises with the batch statistics, so the layers after it see what they
-    will see in eval mode once the running buffers hold those same statistics (momentum 0 makes them so).
-    """
-    import paddle
-    from paddle import nn
-
-    norms = [layer for layer in net.sublayers() if isinstance(layer, nn.BatchNorm2D)]
-    momenta = [layer._momentum for layer in norms]
-    for layer in norms:
-        layer._momentum = 0.0
-    net.train()
-    try:
-        with paddle.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "When training, we now always track", UserWarning)
-            features = net.forward_features(paddle.to_tensor(batch)).numpy()
-    finally:
-        for layer, momentum in zip(norms, momenta, strict=True):
-            layer._momentum = momentum
-        net.eval()
-    return features
-
-
-def _calibrate_classifier(fc: paddle.nn.Linear, features: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
-    """Make ``fc`` a prototype classifier over the photos, scaled so their median top-1 probability is the target.
-
-    A trained classifier's weight for a class points along the features of that class's images, so each photo's
-    top class stands out from the rest by a margin. Random weights instead read random directions of the
-    features, where a photo's signal is as small as rounding noise, and 1000 near-equal logits compete for the top:
-    int8 then flips a fifth of the top-1 classes (measured ResNet50, 100 photos: onnx-int8 min cosine 0.85, top-1
-    80%), which says more about the random classifier than about the converter. So each photo's centred feature,
-    normalised, becomes the weight of one (seeded) class, the other classes keep :data:`BACKGROUND_CLASS_GAIN`
-    of their random weights, and the bias removes part of the photos' shared mean feature: what is left of it acts
-    as a class prior, so a photo far from every prototype still gets a leading class (top-1 probability 0.03 at
-    worst on 100 photos, instead of 0.003 with the mean removed entirely) (docs/parity.md).
-    """
-    mean = features.mean(axis=0).astype(np.float64)
-    features = features.astype(np.float64)
-    centred = features - mean
-    weight = fc.weight.numpy().astype(np.float64) * BACKGROUND_CLASS_GAIN  # [features, classes]
-    classes = rng.choice(weight.shape[1], size=len(centred), replace=False)
-    weight[:, classes] = (centred / np.linalg.norm(centred, axis=1, keepdims=True).clip(1e-12)).T
-    bias = -(1.0 - SHARED_FEATURE_SHARE) * mean @ weight
-    logits = features @ weight + bias
-    scale = _scale_for_median_top1(logits, TARGET_MEDIAN_TOP1)
-    fc.weight.set_value((weight * scale).astype(np.float32))
-    fc.bias.set_value((bias * scale).astype(np.float32))
-    return {"fc_scale": scale, "median_top1": float(np.median(top1_probabilities(logits * scale)))}
-
-
-def top1_probabilities(logits: np.ndarray) -> np.ndarray:
-    """The largest softmax probability of each row."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return 1.0 / np.exp(shifted).sum(axis=1)
-
-
-def _scale_for_median_top1(logits: np.ndarray, target: float) -> float:
-    """The factor (a temperature's inverse) that puts the median top-1 probability at ``target``.
-
-    Each row's top-1 probability grows with the factor, so their median does too: bisect in log space.
-    """
-    low, high = -8.0, 8.0  # log10 of the factor
-    for _ in range(60):
-        middle = (low + high) / 2
-        if np.median(top1_probabilities(logits * 10.0 ** middle)) < target:
-            low = middle
-        else:
-            high = middle
-    return float(10.0 ** ((low + high) / 2))
 
 
 # --- saving -----------------------------------------------------------------------------------------------------
@@ -431,7 +306,7 @@ def native_format() -> str:
 
 
 def _export_in_child(spec: ModelSpec, directory: Path, *, weights: Path | None, fmt: str, seed: int,
-                     calib_images: Sequence[np.ndarray] | None) -> None:
+                     shape_images: Sequence[np.ndarray] | None) -> None:
     """Run :func:`export_into` in ``python -m ppdeploy.models.export --into``, with the PIR flag ``fmt`` needs.
 
     The child gets the spec itself (not just its name) and the calibration photos through a scratch folder.
@@ -446,9 +321,9 @@ def _export_in_child(spec: ModelSpec, directory: Path, *, weights: Path | None, 
         command = [sys.executable, "-m", "ppdeploy.models.export", spec.name, str(directory), "--fmt", fmt,
                    "--seed", str(seed), "--into", "--spec-json", str(spec_file)]
         command += ["--weights", str(weights)] if weights is not None else ["--synthetic"]
-        if calib_images is not None:
+        if shape_images is not None:
             calib_file = Path(scratch) / "calib.npz"
-            np.savez(calib_file, *[np.asarray(image) for image in calib_images])
+            np.savez(calib_file, *[np.asarray(image) for image in shape_images])
             command += ["--calib", str(calib_file)]
         result = subprocess.run(command, check=False, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -478,7 +353,7 @@ def _paddle_version() -> str | None:
         return None
 
 
-def _load_calib(path: str | None) -> list[np.ndarray] | None:
+def _load_shape(path: str | None) -> list[np.ndarray] | None:
     if path is None:
         return None
     with np.load(path) as archive:
@@ -503,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = _spec_from_json(args.spec_json) if args.spec_json else get_model(args.model)
         if args.into:
             export_into(spec, args.out_dir, weights=args.weights, fmt=args.fmt, seed=args.seed,
-                        calib_images=_load_calib(args.calib))
+                        shape_images=_load_shape(args.calib))
         else:
             export_model(spec, args.out_dir, weights=args.weights, synthetic=args.synthetic, fmt=args.fmt,
                          seed=args.seed)

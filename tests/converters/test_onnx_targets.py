@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 
 from ppdeploy.artifacts import load_manifest
 from ppdeploy.converters import paddle_to_onnx
+from ppdeploy.converters.paddle_to_onnx import MODEL_FILE
 from ppdeploy.converters.base import ConvertOptions
-from ppdeploy.converters.pipeline import convert_model
+from ppdeploy.converters.pipeline import convert_model, default_options
 from ppdeploy.errors import ConversionError
 from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
 from ppdeploy.runtimes.ort import OrtRuntime
@@ -35,6 +37,7 @@ FP16_MIN_COSINE = 0.999
 INT8_MEDIAN_COSINE = 0.85
 INT8_MIN_LOGPROB_COSINE = 0.9
 INT8_MIN_TOP1_AGREEMENT = 0.5
+VAL_COUNT = 32  # validation images of the accuracy control in the fixtures (max_drop stays at the default 0.01)
 
 
 @pytest.fixture(scope="module", params=["json", "pdmodel"])
@@ -47,11 +50,13 @@ def case(fmt, synthetic_model, photos, tmp_path_factory):
     """One Paddle model, its three ONNX artifacts, a photo batch and Paddle's answer on it."""
     model = synthetic_model("ResNet18", fmt)
     root = tmp_path_factory.mktemp(f"onnx-{fmt}")
-    artifacts = {target: convert_model(model, target, out_dir=root / target) for target in TARGETS}
+    artifacts = {target: convert_model(model, target, out_dir=root / target,
+                                       options=default_options(model, target, val_count=VAL_COUNT))
+                 for target in TARGETS}
     batch = preprocess_batch(photos[0], PreprocessConfig.from_spec(model.spec))
     with PaddleRuntime(model.paddle.directory) as paddle:
         reference = paddle.infer(batch)
-    return {"model": model, "artifacts": artifacts, "batch": batch, "reference": reference}
+    return {"model": model, "artifacts": artifacts, "batch": batch, "reference": reference, "root": root}
 
 
 def _run(artifact: Path, batch: np.ndarray) -> np.ndarray:
@@ -126,6 +131,102 @@ def test_int8_is_symmetric_qdq_with_fp32_head(case):
     model = onnx.load(str(path))
     gemms = [node for node in model.graph.node if node.op_type in ("Gemm", "MatMul")]
     assert gemms and all(node.name in manifest["fp32_nodes"] for node in gemms)
+
+
+def test_int8_accuracy_control_is_measured_and_honest(case, profile_agreement):
+    """The recorded drop is what the artifact does against the fp32 ONNX on the validation images, within max_drop
+    or said not to be; the layers the search put back in fp32 are excluded from quantization in the file."""
+    from ppdeploy.converters.onnx_int8 import MAX_ROUNDS, run_onnx
+    from ppdeploy.samples import image_set, overlap
+
+    manifest = load_manifest(case["artifacts"]["onnx-int8"])
+    control = manifest["quantization"]["accuracy_control"]
+    assert control["enabled"] and control["metric"] == "top1_agreement" and control["max_drop"] == 0.01
+    assert control["reached"] == (control["drop"] <= control["max_drop"])
+    assert control["drop"] == pytest.approx(control["fp32_metric"] - control["int8_metric"])
+    assert len(control["rounds"]) <= MAX_ROUNDS
+    if control["reached"] is False:  # the plain quantization is kept rather than a near-fp32 model that misses too
+        assert control["drop"] == control["drop_before"] and not control["fp32_layers"] and control["note"]
+    assert not overlap(manifest["calibration_set"], control["validation_set"])["overlap"]
+    assert control["validation_set"]["count"] == VAL_COUNT and control["validation_set"]["role"] == "validation"
+    batch = preprocess_batch(image_set("validation", n=VAL_COUNT).images, PreprocessConfig(**manifest["preprocess"]))
+    fp32, int8 = (case["artifacts"][t] / MODEL_FILE for t in ("onnx", "onnx-int8"))
+    agreement = profile_agreement(run_onnx(fp32, batch), run_onnx(int8, batch))
+    assert agreement == pytest.approx(control["int8_metric"])
+    model = onnx.load(str(int8))
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    for node in model.graph.node:
+        if node.name in control["fp32_layers"]:
+            assert node.name in manifest["fp32_nodes"] and not dequantized & set(node.input), node.name
+
+
+def test_overlapping_calibration_and_validation_fail_before_quantizing(case, tmp_path, monkeypatch):
+    """Copies of the calibration folder (another path, the same pictures) are refused as validation images."""
+    import shutil
+
+    from ppdeploy.converters import onnx_int8
+    from ppdeploy.samples import write_sample_folder
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("nothing may be quantized")
+
+    monkeypatch.setattr(onnx_int8, "Quantizer", forbidden)
+    calib = tmp_path / "calib"
+    write_sample_folder(calib, 6, role="calibration")
+    copies = Path(shutil.copytree(calib, tmp_path / "copies"))
+    (copies / "sample_0000.jpg").unlink()  # a subset of the same files still overlaps
+    options = dataclasses.replace(default_options(case["model"], "onnx-int8"), calib_images=calib,
+                                  calib_count=6, val_images=copies)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ConversionError, match=r"share 5 source picture\(s\)") as err:
+        onnx_int8.convert(case["artifacts"]["onnx"] / MODEL_FILE, out, options)
+    assert "\n" not in str(err.value) and str(err.value).count(" | ") == 2
+    assert not any(out.iterdir())
+
+
+def test_int8_cache_is_rebuilt_when_max_drop_changes(case):
+    """An artifact built without accuracy control is reused as such, and rebuilt when max_drop (or the validation
+    set) changes. Small sets keep it quick; the onnx source beside it is the fixture's."""
+    if case["model"].paddle.fmt != "json":
+        pytest.skip("the cache key does not depend on the Paddle format: checked once, on the json model")
+    out = case["root"] / "onnx-int8-cache"
+    lines: list[str] = []
+
+    def build(max_drop: float | None, val_count: int = 8) -> dict:
+        options = default_options(case["model"], "onnx-int8", calib_count=8, val_count=val_count, max_drop=max_drop)
+        convert_model(case["model"], "onnx-int8", options=options, out_dir=out, log=lines.append)
+        return load_manifest(out)
+
+    plain = build(max_drop=None)
+    assert plain["max_drop"] is None and plain["quantization"]["accuracy_control"]["enabled"] is False
+    assert build(max_drop=None)["artifact_id"] == plain["artifact_id"]
+    loose = build(max_drop=0.9)
+    assert loose["artifact_id"] != plain["artifact_id"] and loose["max_drop"] == 0.9
+    assert loose["quantization"]["accuracy_control"]["max_drop"] == 0.9
+    assert build(max_drop=0.9, val_count=9)["artifact_id"] != loose["artifact_id"]
+    assert [line.split()[0] for line in lines if line.startswith(("Reusing onnx-int8", "Converting"))] == [
+        "Converting", "Reusing", "Converting", "Converting"]
+
+
+def test_exclusion_search_finds_the_smallest_count():
+    from ppdeploy.converters.onnx_int8 import MAX_ROUNDS, search_smallest
+
+    calls: list[int] = []
+
+    def evaluate(count: int, needed: int = 11):
+        calls.append(count)
+        return f"model-{count}", count >= needed
+
+    assert search_smallest(evaluate, 30, bool) == (11, ("model-11", True))
+    assert calls == [1, 2, 4, 8, 16, 12, 10, 11]
+    calls.clear()
+    assert search_smallest(lambda count: evaluate(count, needed=31), 30, bool) is None
+    assert calls == [1, 2, 4, 8, 16, 30]  # never every layer: the caller passes one less than it has
+    calls.clear()
+    assert search_smallest(lambda count: evaluate(count, needed=1000), 2000, bool) is None
+    assert len(calls) == MAX_ROUNDS
+    assert search_smallest(evaluate, 0, bool) is None
 
 
 def test_no_polygraphy_autoinstall_left_set(case):
