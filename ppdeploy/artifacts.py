@@ -12,21 +12,18 @@ from ppdeploy.fsutil import atomic_write_text
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-TOOLS = ("ppdeploy", "paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt")
-# Distributions that provide the same import under another name (GPU builds, CUDA-suffixed wheels).
-_ALIASES = {
-    "paddlepaddle": ("paddlepaddle", "paddlepaddle-gpu"),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
-    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
-}
+TEST_BATCH = 2  # images in the test run every new artifact gets before it is trusted
 
 
 def tool_versions() -> dict[str, str | None]:
-    """Installed versions of every tool that can shape an artifact (``None`` when absent)."""
+    """Installed versions of every tool that can shape an artifact (``None`` when absent): ppdeploy, each
+    backend's distributions and each target's tools, as the registry declares them."""
+    from ppdeploy.registry import tool_distributions
+
     versions: dict[str, str | None] = {}
-    for tool in TOOLS:
+    for tool, dists in {"ppdeploy": ("ppdeploy",), **tool_distributions()}.items():
         versions[tool] = None
-        for dist in _ALIASES.get(tool, (tool,)):
+        for dist in dists:
             try:
                 versions[tool] = metadata.version(dist)
                 break
@@ -92,3 +89,34 @@ def check_compatible(manifest: dict[str, Any], *, source_hash: str | None = None
                                          fix))
         if gpu is not None and manifest.get("gpu") != gpu:
             raise ArtifactError(one_line(where, f"engine built for {manifest.get('gpu')}, this GPU is {gpu}", fix))
+
+
+def test_run(artifact_dir: str | Path, manifest: dict[str, Any]) -> tuple[int, ...]:
+    """The neutral check every new artifact passes before it is trusted: load it with its backend's runtime (found
+    in the registry, so no converter imports a runtime) and run a batch of random images; return the output shape.
+
+    Raises:
+        ConversionError: the artifact does not load or run, or the output is not finite ``[batch, classes]``
+            probabilities.
+    """
+    import numpy as np
+
+    from ppdeploy.errors import ConversionError, DeployError, first_line
+    from ppdeploy.registry import get_backend
+
+    record = get_backend(str(manifest["backend"]))
+    where = str(artifact_model_file(artifact_dir, manifest))
+    _, channels, height, width = manifest["input_shape_range"]["max"]
+    batch = np.random.default_rng(0).standard_normal((TEST_BATCH, channels, height, width)).astype(np.float32)
+    try:
+        with record.runtime(artifact_dir, device=record.devices[0]) as runtime:
+            result = runtime.infer(batch)
+    except DeployError as exc:
+        raise ConversionError(one_line(where, f"test run failed ({exc})", "report it with the source model")) from exc
+    except Exception as exc:  # a library failure becomes one actionable line
+        raise ConversionError(one_line(where, f"test run failed ({first_line(exc)})",
+                                       "report it with the source model attached")) from exc
+    if result.ndim != 2 or result.shape[0] != TEST_BATCH or not np.isfinite(result).all():
+        raise ConversionError(one_line(where, f"test run gave shape {result.shape}, finite="
+                                       f"{bool(np.isfinite(result).all())}", f"expected finite [{TEST_BATCH}, classes]"))
+    return tuple(int(d) for d in result.shape)

@@ -10,14 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from ppdeploy.errors import DeployError, ImageError, InputSpecError, one_line
+from ppdeploy.errors import BackendUnavailableError, DeployError, ImageError, InputSpecError, one_line
 
 Log = Callable[[str], None]
 
 
 @dataclass
-class _Item:
-    """One input: its display name and either a decoded RGB image or the error that stopped it."""
+class InputItem:
+    """One input of a classification: its display name and either its preprocessed tensor or why it has none."""
 
     filename: str
     tensor: np.ndarray | None = None  # preprocessed CHW float32
@@ -50,17 +50,19 @@ class Classifier:
                  topk: int = 5, log: Log | None = None) -> None:
         from ppdeploy.models.resolve import resolve_model
         from ppdeploy.preprocess import PreprocessConfig
-        from ppdeploy.runtimes import RUNTIMES
-        from ppdeploy.runtimes.select import resolve_backend
+        from ppdeploy.registry import resolve
 
+        self.choice = resolve(backend, device)  # an unknown or missing backend fails before any download or export
+        ok, reason = self.choice.availability()
+        if not ok:
+            raise BackendUnavailableError(one_line(f"backend '{self.choice.label}'", reason))
         self.model = resolve_model(model, synthetic=synthetic, fmt=fmt)
-        self.choice = resolve_backend(backend, device)
         if backend == "auto" and log:
             log(f"--backend auto chose '{self.choice.label}' for device '{device}'")
-        default = PreprocessConfig.from_spec(self.model.spec) if self.model.spec else PreprocessConfig()
+        default = self.model.spec.preprocess_config() if self.model.spec else PreprocessConfig()
         self.preprocess = PreprocessConfig.for_model_dir(self.model.paddle.directory, default)
         self.artifact_dir = self._artifact(log)
-        self.runtime = RUNTIMES[self.choice.backend](self.artifact_dir, device=device, threads=threads)
+        self.runtime = self.choice.runtime(self.artifact_dir, device=device, threads=threads)
         try:
             self._check_input_size()
         except InputSpecError:
@@ -111,7 +113,7 @@ class Classifier:
 
         pixel_limit()  # a bad $PPDEPLOY_MAX_PIXELS stops the run here, instead of becoming every image's error
         size = batch_size or self.batch_size
-        chunks = _chunks(_expand(inputs), size)
+        chunks = _chunks(expand_inputs(inputs), size)
         with ThreadPoolExecutor(max_workers=2) as pool:
             # Decode the next batch while the current one runs: OpenCV and the backends release the GIL.
             pending = [pool.submit(_load_all, chunk, self.preprocess) for chunk in _take(chunks, 2)]
@@ -128,12 +130,12 @@ class Classifier:
         """
         return self._classify_items(_load_all(sources, self.preprocess))
 
-    def _classify_items(self, items: list[_Item]) -> list[dict]:
+    def _classify_items(self, items: list[InputItem]) -> list[dict]:
         good = [item for item in items if item.error is None]
         probs = self.runtime.infer(np.stack([i.tensor for i in good])) if good else None
         return self._records(items, good, probs)
 
-    def _records(self, items: list[_Item], good: list[_Item], probs: np.ndarray | None) -> list[dict]:
+    def _records(self, items: list[InputItem], good: list[InputItem], probs: np.ndarray | None) -> list[dict]:
         from ppdeploy.postprocess import top_k
 
         scored = iter(top_k(probs, self.topk, filenames=[i.filename for i in good])) if good else iter(())
@@ -150,8 +152,14 @@ class Classifier:
         self.close()
 
 
-def _expand(inputs: Any) -> list[Any]:
-    """Flatten inputs into a list of paths and arrays (folders and globs listed, sorted)."""
+def expand_inputs(inputs: Any) -> list[Any]:
+    """Flatten inputs into a list of paths and ``(name, array)`` pairs (folders and globs listed, sorted).
+
+    ``inputs`` is what :meth:`Classifier.predict` takes: a file, a folder, a glob, an array, or a list of these.
+
+    Raises:
+        ImageError: a path that does not exist, or a folder or glob with no image files.
+    """
     from ppdeploy.images import list_images
 
     if isinstance(inputs, np.ndarray) or isinstance(inputs, (str, Path)):
@@ -167,19 +175,22 @@ def _expand(inputs: Any) -> list[Any]:
     return expanded
 
 
-def _load(source: Any, cfg: Any) -> _Item:
-    """Decode and preprocess one input; any failure becomes the item's error, never an exception."""
+def load_input(source: Any, cfg: Any) -> InputItem:
+    """Decode and preprocess one input (a path or a ``(name, array)`` pair) with ``cfg``, a ``PreprocessConfig``.
+
+    Any failure becomes the item's error, never an exception.
+    """
     from ppdeploy.images import decode_image
     from ppdeploy.preprocess import preprocess, to_rgb_uint8
 
     name = source[0] if isinstance(source, tuple) else str(source)
     try:
         image = to_rgb_uint8(source[1]) if isinstance(source, tuple) else decode_image(source)
-        return _Item(name, tensor=preprocess(image, cfg))
+        return InputItem(name, tensor=preprocess(image, cfg))
     except ImageError as exc:
-        return _Item(name, error=str(exc))
+        return InputItem(name, error=str(exc))
     except (DeployError, ValueError, TypeError, cv2_error()) as exc:
-        return _Item(name, error=f"{name} | cannot preprocess: {exc}")
+        return InputItem(name, error=f"{name} | cannot preprocess: {exc}")
 
 
 def cv2_error() -> type[BaseException]:
@@ -188,8 +199,8 @@ def cv2_error() -> type[BaseException]:
     return cv2.error
 
 
-def _load_all(chunk: list[Any], cfg: Any) -> list[_Item]:
-    return [_load(source, cfg) for source in chunk]
+def _load_all(chunk: list[Any], cfg: Any) -> list[InputItem]:
+    return [load_input(source, cfg) for source in chunk]
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

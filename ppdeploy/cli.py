@@ -19,7 +19,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="PaddleClas ResNet models to ONNX, OpenVINO and TensorRT, with parity checks against Paddle.")
 _STATE = {"verbose": False}
 
-EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED = 0, 1, 3
+# Exit codes a script can branch on (README): 2 is a usage error (click), 130 an interrupt (Ctrl-C).
+EXIT_OK = 0
+EXIT_ERROR = 1  # could not run: bad input, missing package or device, a failed conversion
+EXIT_SOME_FAILED = 3  # ran, but some inputs or rows could not be processed (each has its error record/row)
+EXIT_VERDICT = 4  # ran, and a parity verdict failed
+EXIT_INTERRUPTED = 130
+
+
+def _names(kind: str) -> str:
+    """Help text listing what the registry offers: ``targets`` or ``choices`` (what --backend takes)."""
+    from ppdeploy import registry
+
+    if kind == "targets":
+        return ", ".join(registry.targets())
+    aliases = [alias for record in registry.backends().values() for alias in record.aliases]
+    return ", ".join(["auto", *registry.choice_names()]) + f" (aliases: {', '.join(aliases)})"
 
 ModelArg = Annotated[str, typer.Argument(help="Zoo name (see 'deploy models') or a Paddle inference model folder.")]
 SyntheticOpt = Annotated[bool, typer.Option("--synthetic", help="Seeded synthetic weights instead of a download "
@@ -74,18 +89,18 @@ def export(model: ModelArg,
     """Export a zoo model as a Paddle inference model (PIR json or legacy pdmodel) with its preprocessing yaml."""
     from ppdeploy.models import get_model
     from ppdeploy.models.export import export_model
-    from ppdeploy.models.resolve import warn_synthetic
+    from ppdeploy.models.resolve import default_shape_set, warn_synthetic
 
     if synthetic:
         warn_synthetic()
-    out = export_model(get_model(model), output, weights=weights, synthetic=synthetic, fmt=fmt, seed=seed)
+    out = export_model(get_model(model), output, weights=weights, synthetic=synthetic, fmt=fmt, seed=seed,
+                       shape_images=default_shape_set() if synthetic else None)
     typer.echo(f"Exported {model} ({fmt}) to {out}")
 
 
 @app.command()
 def convert(model: ModelArg,
-            to: Annotated[str, typer.Option("--to", help="Target: onnx, onnx-fp16, onnx-int8, openvino, "
-                                            "openvino-fp16, openvino-int8, trt-fp32, trt-fp16, trt-int8.")],
+            to: Annotated[str, typer.Option("--to", help=f"Target: {_names('targets')}.")],
             output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Artifact folder "
                                                            "(default: the cache).")] = None,
             synthetic: SyntheticOpt = False,
@@ -114,13 +129,17 @@ def convert(model: ModelArg,
             ) -> None:
     """Convert a model to a deployable artifact (cached and reused while valid); int8 under accuracy control."""
     from ppdeploy.converters.base import ConvertOptions
-    from ppdeploy.converters.pipeline import convert_model, default_options, get_target
+    from ppdeploy.converters.pipeline import convert_model, default_options
     from ppdeploy.models.resolve import resolve_model
+    from ppdeploy.registry import BackendUnavailableError, get_target
 
     spec = get_target(to)  # an unknown target fails before any download or export
+    ok, reason = spec.availability()  # and so does a missing package or GPU
+    if not ok:
+        raise BackendUnavailableError(f"target '{to}' | {reason}")
     images = {"calib_images": calib_images, "val_images": val_images, "val_count": val_count,
               "max_drop": None if no_accuracy_control else max_drop}
-    if spec.precision == "int8":  # overlapping calibration and validation images fail before any slow work
+    if spec.calibrated:  # overlapping calibration and validation images fail before any slow work
         from ppdeploy.converters.accuracy import image_sets
 
         image_sets(ConvertOptions(**images))
@@ -144,8 +163,7 @@ def _warn_missed_drop(artifact: Path, target: str) -> None:
 @app.command()
 def run(images: Annotated[str, typer.Option("--images", help="An image file, a folder (recursive) or a glob.")],
         model: Annotated[str, typer.Option("--model", help="Zoo name or Paddle model folder.")] = "ResNet50",
-        backend: Annotated[str, typer.Option("--backend", help="auto, paddle, onnx, openvino, tensorrt, or a "
-                                             "target such as openvino-int8.")] = "auto",
+        backend: Annotated[str, typer.Option("--backend", help=f"One of: {_names('choices')}.")] = "auto",
         batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
         topk: Annotated[int, typer.Option("--topk", min=1)] = 5,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
@@ -189,9 +207,9 @@ def run(images: Annotated[str, typer.Option("--images", help="An image file, a f
 
 @app.command()
 def parity(model: ModelArg = "ResNet50",
-           backends: Annotated[Optional[str], typer.Option("--backends", help="'all' or a comma list: paddle, onnx, "
-                                                 "onnx-fp16, openvino-int8, trt-fp16, ... (default: all, or none "
-                                                 "besides --artifact)")] = None,
+           backends: Annotated[Optional[str], typer.Option("--backends", help="'all' or a comma list of: "
+                                                 f"{_names('choices')} (default: all, or none besides "
+                                                 "--artifact)")] = None,
            synthetic: SyntheticOpt = False,
            fmt: FormatOpt = "json",
            artifact: Annotated[Optional[Path], typer.Option("--artifact", help="Judge a model file made by any tool: "
@@ -216,7 +234,11 @@ def parity(model: ModelArg = "ResNet50",
                                                            "variation distance per image.")] = None,
            min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Override every profile's top-1 "
                                                              "agreement on decisive images (0-1).")] = None) -> None:
-    """Check backends against native Paddle Inference on held-out real images; exit 0 only if all pass."""
+    """Check backends against native Paddle Inference on held-out real images.
+
+    Exit 0: every verdict passed; 4: a verdict failed; 1: a backend could not be checked (or a requested one was
+    skipped).
+    """
     import dataclasses
 
     from ppdeploy import parity as parity_mod
@@ -233,6 +255,8 @@ def parity(model: ModelArg = "ResNet50",
         atomic_write_text(json_file, report.to_json())
     if junit_file:
         atomic_write_text(junit_file, report.to_junit())
+    if any(r.status == "fail" for r in report.results):
+        raise typer.Exit(EXIT_VERDICT)
     if not report.passed:
         raise typer.Exit(EXIT_ERROR)
 
@@ -261,9 +285,9 @@ def evaluate(model: ModelArg,
 
 @app.command()
 def bench(model: ModelArg = "ResNet50",
-          backends: Annotated[str, typer.Option("--backends", help="'all' or a comma list: paddle, onnx, openvino, "
-                                                "openvino-int8, openvino-bf16, ... (paddle, the reference, always "
-                                                "runs).")] = "paddle,onnx,openvino",
+          backends: Annotated[str, typer.Option("--backends", help="'all' or a comma list of: "
+                                                f"{_names('choices')} (paddle, the reference, always runs).")
+                              ] = "paddle,onnx,openvino",
           batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma list: the table's columns.")
                                  ] = "1,4,8",
           threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads for every backend "
@@ -286,7 +310,10 @@ def bench(model: ModelArg = "ResNet50",
           plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG chart of images/s.")] = None,
           synthetic: SyntheticOpt = False,
           fmt: FormatOpt = "json") -> None:
-    """Latency, images/s, memory and load time per backend and batch size, against Paddle Inference fp32."""
+    """Latency, images/s, memory and load time per backend and batch size, against Paddle Inference fp32.
+
+    Exit 0: every row ran and passed parity; 4: a row failed its parity verdict; 3: some rows could not run.
+    """
     import os
 
     from ppdeploy.bench import BenchSettings, run_bench, write_chart
@@ -307,6 +334,9 @@ def bench(model: ModelArg = "ResNet50",
         atomic_write_text(json_file, report.to_json())
     if plot:
         write_chart(report, plot)
+    if any(b.parity_status == "fail" for b in report.backends):
+        _err("some rows fail their parity verdict; see the tables")
+        raise typer.Exit(EXIT_VERDICT)
     if any(b.status == "error" for b in report.backends):
         _err("some backends could not be benchmarked; see the tables")
         raise typer.Exit(EXIT_SOME_FAILED)
@@ -322,8 +352,7 @@ def doctor() -> None:
 
 @app.command()
 def serve(model: ModelArg,
-          backend: Annotated[str, typer.Option("--backend", help="auto, paddle, onnx, openvino, tensorrt, or a "
-                                               "target such as openvino-int8.")] = "auto",
+          backend: Annotated[str, typer.Option("--backend", help=f"One of: {_names('choices')}.")] = "auto",
           host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
           port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free port).")] = 8000,
           max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most images per batch.")] = 8,
@@ -372,6 +401,9 @@ def serve(model: ModelArg,
         serve_until_stopped(config, settings, replicas=replicas, max_replicas=max_replicas,
                             replica_cpus=replica_cpus, address=address, log=_err)
         return
+    from ppdeploy.registry import require
+
+    require("deploy serve", ("fastapi", "uvicorn", "prometheus_client", "multipart"), "serve")
     from ppdeploy.classifier import Classifier
     from ppdeploy.serving.server import bind_socket
     from ppdeploy.serving.server import serve as run_server
@@ -417,7 +449,8 @@ def _format_record(record: dict) -> str:
 
 
 def main() -> None:
-    """Console entry point: a DeployError becomes one line on stderr and exit code 1 (traceback with -v)."""
+    """Console entry point: a DeployError becomes one line on stderr and exit code 1 (traceback with -v);
+    Ctrl-C prints one line and exits 130 (Typer turns KeyboardInterrupt into a silent exit 130 itself)."""
     try:
         app()
     except DeployError as exc:
@@ -427,7 +460,11 @@ def main() -> None:
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         _err("interrupted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:
+            _err("interrupted")
+        raise
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ class Diagnosis:
     isa: dict[str, bool]
     gpus: list[dict[str, str]]
     backends: list[dict[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # e.g. a mixed CPU/GPU install, with the command that fixes it
+    auto: dict[str, list[str]] = field(default_factory=dict)  # what --backend auto tries, per device
 
     def render(self) -> str:
         isa = ", ".join(f"{name}={'yes' if ok else 'no'}" for name, ok in self.isa.items())
@@ -27,8 +29,12 @@ class Diagnosis:
         for b in self.backends:
             state = f"{b['version']}" if b["available"] == "yes" else f"missing | {b['reason']}"
             lines.append(f"  {b['name']:<9} {state}")
+            lines.append(f"            extra: ppdeploy[{b['extra']}]; runs: {b['targets'] or 'the Paddle model'}")
             if b.get("precision"):
                 lines.append(f"            precision on this machine: {b['precision']}")
+        for device, order in self.auto.items():
+            lines.append(f"--backend auto on {device} tries: {', '.join(order) or 'nothing'}")
+        lines += [f"PROBLEM: {problem}" for problem in self.problems]
         return "\n".join(lines)
 
 
@@ -56,53 +62,29 @@ def gpus() -> list[dict[str, str]]:
     return [{"name": name.strip(), "compute_capability": cap.strip()} for name, cap in rows]
 
 
-def _openvino_precision() -> str:
-    import openvino as ov
-
-    core = ov.Core()
-    hint = core.get_property("CPU", "INFERENCE_PRECISION_HINT")
-    default = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-    return (f"default inference precision on CPU is {default}; ppdeploy pins f32 for fp32 IR "
-            f"(capabilities: {', '.join(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))})")
-
-
-def _onnxruntime_precision() -> str:
-    import onnxruntime as ort
-
-    return "providers: " + ", ".join(ort.get_available_providers()) + " (fp32 unless the ONNX is fp16/int8)"
-
-
-def _paddle_precision() -> str:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # paddle warns about ccache at import: noise for a doctor report
-        import paddle
-
-    cuda = paddle.device.is_compiled_with_cuda()
-    return f"fp32 with oneDNN on CPU; compiled with CUDA: {'yes' if cuda else 'no'}"
-
-
-PRECISION_PROBES = {"openvino": _openvino_precision, "onnx": _onnxruntime_precision, "paddle": _paddle_precision}
-
-
 def diagnose() -> Diagnosis:
-    """Probe the machine and every registered backend."""
-    from ppdeploy.artifacts import tool_versions
-    from ppdeploy.runtimes import RUNTIMES
+    """Probe the machine and every registered backend (its record says how: packages, extra, precision probe)."""
+    from ppdeploy.registry import auto_order, backends, targets
 
     model, isa = cpu_info()
-    versions = tool_versions()
-    dist = {"paddle": "paddlepaddle", "onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
     diagnosis = Diagnosis(model, isa, gpus())
-    for name, runtime in RUNTIMES.items():
-        ok, reason = runtime.availability()
+    for name, record in backends().items():
+        ok, reason = record.availability()
+        installed = record.installed()
         row = {"name": name, "available": "yes" if ok else "no", "reason": reason,
-               "version": str(versions.get(dist.get(name, name)))}
-        if ok and name in PRECISION_PROBES:
+               "version": ", ".join(f"{dist} {version}" for dist, version in installed) or "None",
+               "extra": record.extra,
+               "targets": ", ".join([t for t, target in targets().items() if target.backend == name]
+                                    + [v.name for v in record.variants])}
+        mixed = record.mixed_install()
+        if mixed:
+            row["mixed"] = mixed
+            diagnosis.problems.append(mixed)
+        if ok and record.precision_probe is not None:
             try:
-                row["precision"] = PRECISION_PROBES[name]()
+                row["precision"] = record.precision_probe()
             except Exception as exc:  # a broken install is itself a finding
                 row["precision"] = f"probe failed: {type(exc).__name__}: {exc}"
         diagnosis.backends.append(row)
+    diagnosis.auto = {device: auto_order(device) for device in ("cpu", "gpu")}
     return diagnosis

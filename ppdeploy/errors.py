@@ -43,10 +43,27 @@ class ParityError(DeployError):
     """A backend's outputs disagree with the reference beyond tolerance."""
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception's first line, or its type's name when it has no message (library messages run over many)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+# Where OpenVINO and NNCF errors say where in the C++ sources they were raised; the reason is on a later line.
+OPENVINO_LOCATION_LINES = ("Exception from", "Check ")
+MAX_LINE = 300  # characters of a library's message kept in ours
+
+
+def first_line(exc: BaseException, *, skip: tuple[str, ...] = (), max_chars: int = MAX_LINE) -> str:
+    """The first meaningful line of an exception's message, or its type's name when it has none.
+
+    Library messages (Paddle's C++ enforce errors, OpenVINO's, paddle2onnx's) run over many lines; blank lines,
+    rule lines (``-----``, ``=====``) and ``Traceback`` lines are passed over.
+
+    Args:
+        exc: the exception.
+        skip: also pass over lines starting with one of these (e.g. :data:`OPENVINO_LOCATION_LINES`), unless
+            every line does.
+        max_chars: the line is cut to this many characters.
+    """
+    lines = [line.strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and not set(line) <= set("-=") and "Traceback" not in line]
+    text = next((line for line in lines if not line.startswith(skip)), lines[0] if lines else type(exc).__name__)
+    return text[:max_chars]
 
 
 def one_line(subject: str, problem: str, fix: str | None = None) -> str:

@@ -64,14 +64,14 @@ def evaluate(model: str | Path, backends: Sequence[str], data: str | Path, *, ro
              log: Log | None = None) -> EvalReport:
     """Run every backend over the labelled list and measure top-1/top-5 accuracy."""
     from ppdeploy.classifier import Classifier
-    from ppdeploy.runtimes.select import availability, resolve_backend
+    from ppdeploy.registry import resolve
 
     items = read_label_list(data, root)
     paths = [str(p) for p, _ in items]
     labels = dict(zip(paths, (label for _, label in items)))
     report = EvalReport(str(model), str(data))
     for name in backends:
-        ok, reason = availability(resolve_backend(name))
+        ok, reason = resolve(name).availability()
         if not ok:
             report.results.append(Accuracy(name, 0.0, 0.0, 0, status="skipped", reason=reason))
             continue

@@ -100,7 +100,7 @@ def inspect_artifact(path: str | Path) -> ForeignArtifact:
 
 
 def adopt_artifact(info: ForeignArtifact, workdir: Path, *, inference_precision: str | None = None) -> Path:
-    """Make a folder under ``workdir`` that ``RUNTIMES[info.backend]`` loads: links to the file(s) and a manifest.
+    """Make a folder under ``workdir`` that ``runtime_class(info.backend)`` loads: links to the file(s) and a manifest.
 
     The user's files are linked (copied where links are impossible), never changed. Adopting the same file again
     replaces its folder atomically.
@@ -327,12 +327,12 @@ def _inspect_ir(xml: Path) -> ForeignArtifact:
     """Precision from FakeQuantize ops and integer-compressed weights, else from the weight Constants' types."""
     import openvino as ov
 
-    from ppdeploy.runtimes.ov import first_line as ov_first_line
+    from ppdeploy.errors import OPENVINO_LOCATION_LINES
 
     try:
         model = ov.Core().read_model(str(xml), str(xml.with_suffix(".bin")))
     except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line C++ text
-        raise _unreadable(xml, "OpenVINO IR", ov_first_line(exc)) from exc
+        raise _unreadable(xml, "OpenVINO IR", first_line(exc, skip=OPENVINO_LOCATION_LINES)) from exc
     ports = list(model.inputs)
     input_name = _one_input(xml, [port.get_any_name() for port in ports])
     ops = list(model.get_ordered_ops())
@@ -388,10 +388,10 @@ def _ir_reason(precision: str, fake_quantize: int, int_weights: int, weight_type
 
 def _inspect_engine(engine_file: Path) -> ForeignArtifact:
     """Precision from the engine inspector's per-layer formats (``--profilingVerbosity=detailed``), else IO types."""
-    from ppdeploy.runtimes import RUNTIMES
-    from ppdeploy.runtimes.trt import import_tensorrt
+    from ppdeploy.gpu import import_tensorrt
+    from ppdeploy.registry import runtime_class
 
-    ok, reason = RUNTIMES["tensorrt"].availability()
+    ok, reason = runtime_class("tensorrt").availability()
     if not ok:
         raise BackendUnavailableError(one_line(str(engine_file), "a TensorRT engine can only be inspected where "
                                                "TensorRT runs: it needs an NVIDIA GPU and the gpu extra", reason))
@@ -412,7 +412,7 @@ def _inspect_engine(engine_file: Path) -> ForeignArtifact:
 
 
 def _deserialize(trt, engine_file: Path):
-    from ppdeploy.runtimes.trt import NO_GPU, NO_GPU_FIX, trt_logger
+    from ppdeploy.gpu import NO_GPU, NO_GPU_FIX, trt_logger
 
     try:
         runtime = trt.Runtime(trt_logger(trt))
@@ -543,7 +543,7 @@ def _backend_manifest(info: ForeignArtifact, inference_precision: str | None) ->
         return {"inference_precision": normalize_precision(inference_precision or "f32"),
                 "weights_precision": info.precision}
     if info.backend == "tensorrt":
-        from ppdeploy.runtimes.trt import current_gpu
+        from ppdeploy.gpu import current_gpu
 
         return {"gpu": current_gpu(), "tf32": info.evidence.get("tf32", "unknown"),
                 "inference_precision": info.evidence.get("inference_precision",

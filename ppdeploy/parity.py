@@ -291,18 +291,18 @@ class ParityChecker:
 
     def __init__(self, model: Any, judge: Any, *, batch_size: int = 8, threads: int | None = None) -> None:
         from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
-        from ppdeploy.runtimes import RUNTIMES
+        from ppdeploy.registry import PADDLE, runtime_class
 
         self.model = model
         self.judge = judge
         self.judge_record = judge.record()
         self.filenames = list(judge.names)
         self.threads = threads
-        default = PreprocessConfig.from_spec(model.spec) if model.spec else PreprocessConfig()
+        default = model.spec.preprocess_config() if model.spec else PreprocessConfig()
         self.preprocess = PreprocessConfig.for_model_dir(model.paddle.directory, default)
         tensor = preprocess_batch(list(judge.images), self.preprocess)
         self.batches = [tensor[i:i + batch_size] for i in range(0, len(tensor), batch_size)]
-        with RUNTIMES["paddle"](model.paddle.directory, threads=threads) as reference:
+        with runtime_class(PADDLE)(model.paddle.directory, threads=threads) as reference:
             self.reference = run_batches(reference, self.batches)
         self.reference_name = f"Paddle Inference fp32 CPU ({model.paddle.fmt})"
         self.shape_set = shape_record(model)
@@ -344,30 +344,26 @@ class ParityChecker:
         """Convert (cached), load and check one backend/target; unavailable ones come back ``skipped``."""
         from ppdeploy.artifacts import load_manifest
         from ppdeploy.converters.pipeline import convert_model, default_options
-        from ppdeploy.runtimes import RUNTIMES
-        from ppdeploy.runtimes.select import availability, resolve_backend
+        from ppdeploy.registry import resolve
 
         started = time.perf_counter()
-        choice = resolve_backend(name)
-        ok, reason = availability(choice)
+        choice = resolve(name)
+        ok, reason = choice.availability()
         if not ok:
             return BackendResult(name, "skipped", reasons=[reason])
         calibration = None
         if choice.target is None:
-            artifact, precision = self.model.paddle.directory, "fp32"
+            artifact = self.model.paddle.directory
         else:
-            from ppdeploy.converters.base import TARGETS
-
             try:
                 artifact = convert_model(self.model, choice.target, options=default_options(self.model, choice.target),
                                          log=log)
             except DeployError as exc:
                 return BackendResult(name, "error", reasons=[str(exc)], seconds=time.perf_counter() - started)
-            precision = TARGETS[choice.target].precision
             calibration = load_manifest(artifact).get("calibration_set")
-        chosen = profile or PROFILES[precision]
+        chosen = profile or PROFILES[choice.profile]
         try:
-            with RUNTIMES[choice.backend](artifact, threads=self.threads) as runtime:
+            with choice.runtime(artifact, threads=self.threads) as runtime:
                 result = self.check(name, runtime, chosen, calibration=calibration)
         except DeployError as exc:
             return BackendResult(name, "error", chosen.name, reasons=[str(exc)], seconds=time.perf_counter() - started)
@@ -383,18 +379,18 @@ class ParityChecker:
         import tempfile
 
         from ppdeploy.foreign import adopt_artifact, inspect_artifact
-        from ppdeploy.runtimes import RUNTIMES
+        from ppdeploy.registry import runtime_class
 
         started = time.perf_counter()
         info = inspect_artifact(path)  # a bad file raises here, before any run
         label = f"{info.backend} file {info.model_file.name}"
-        ok, reason = RUNTIMES[info.backend].availability()
+        ok, reason = runtime_class(info.backend).availability()
         if not ok:
             return BackendResult(label, "skipped", reasons=[reason])
         chosen = profile or PROFILES[info.precision]
         with tempfile.TemporaryDirectory(prefix="ppdeploy-artifact-") as work:
             folder = adopt_artifact(info, Path(work))
-            with RUNTIMES[info.backend](folder, threads=self.threads) as runtime:
+            with runtime_class(info.backend)(folder, threads=self.threads) as runtime:
                 result = self.check(label, runtime, chosen, batch=info.input_shape[0] if info.input_shape else None)
         result.details["file_precision"] = info.precision
         result.details["precision_evidence"] = str(info.evidence.get("decided_by", ""))
@@ -424,12 +420,11 @@ def shape_record(model: Any) -> dict[str, Any]:
 
 def expand_backends(spec: str | Sequence[str]) -> tuple[list[str], list[str]]:
     """``all`` or a comma list → (backends to run, backends the user named explicitly)."""
-    from ppdeploy.converters.base import TARGETS
-    from ppdeploy.runtimes.select import PADDLE
+    from ppdeploy.registry import matrix_names
 
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if names == ["all"]:
-        return [PADDLE, *TARGETS], []
+        return matrix_names(), []
     return names, names
 
 
@@ -483,7 +478,7 @@ def parity(model: str | Path = "ResNet50", backends: str | Sequence[str] = "all"
     for name in names:
         if log:
             log(f"parity: {name} ...")
-        results.append(checker.check_backend(name, profile=_profile_for(name, profiles), log=log))
+        results.append(checker.check_backend(name, profile=profile_for(name, profiles), log=log))
     return finish_report(checker, results, requested, strict)
 
 
@@ -500,9 +495,8 @@ def finish_report(checker: ParityChecker, results: list[BackendResult], requeste
                         sets, shape_overlap, strict)
 
 
-def _profile_for(name: str, profiles: dict[str, Profile]) -> Profile:
-    from ppdeploy.converters.base import TARGETS
-    from ppdeploy.runtimes.select import resolve_backend
+def profile_for(name: str, profiles: dict[str, Profile]) -> Profile:
+    """The tolerance profile a backend, target or variant ``name`` is judged by: the one of what it computes in."""
+    from ppdeploy.registry import resolve
 
-    target = resolve_backend(name).target
-    return profiles[TARGETS[target].precision if target else "fp32"]
+    return profiles[resolve(name).profile]

@@ -28,16 +28,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 
 from ppdeploy.errors import ArtifactError, ImageError, InputSpecError, one_line
 from ppdeploy.images import pixel_limit
-
-if TYPE_CHECKING:
-    from ppdeploy.models.zoo import ModelSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,12 +74,6 @@ class PreprocessConfig:
             raise ValueError(f"std must not contain 0, got {self.std}")
         if not (np.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"scale must be a positive number, got {self.scale!r}")
-
-    @classmethod
-    def from_spec(cls, spec: ModelSpec) -> PreprocessConfig:
-        """The preprocessing a zoo model was trained and exported with."""
-        return cls(resize_short=spec.resize_short, crop_size=spec.input_size, mean=tuple(spec.mean),
-                   std=tuple(spec.std), scale=spec.scale)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> PreprocessConfig:

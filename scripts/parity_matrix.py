@@ -18,19 +18,10 @@ import numpy as np
 
 
 def check(checker, backend: str):
-    """One row; ``openvino-bf16`` is the fp32 IR computed in bf16 (OpenVINO's default on a bf16 CPU)."""
-    from ppdeploy.parity import PROFILES, BackendResult, _profile_for
+    """One row, judged by the profile of what it computes in (``openvino-bf16``: skipped without native bf16)."""
+    from ppdeploy.parity import PROFILES, profile_for
 
-    if backend != "openvino-bf16":
-        return checker.check_backend(backend, profile=_profile_for(backend, PROFILES))
-    from ppdeploy.converters.pipeline import convert_model
-    from ppdeploy.runtimes import RUNTIMES
-
-    artifact = convert_model(checker.model, "openvino")
-    with RUNTIMES["openvino"](artifact, precision_override="bf16") as runtime:
-        if "bf16" not in runtime.details.get("inference_precision", ""):
-            return BackendResult(backend, "skipped", reasons=["this CPU does not compute bf16"])
-        return checker.check(backend, runtime, PROFILES["bf16"])
+    return checker.check_backend(backend, profile=profile_for(backend, PROFILES))
 
 
 def main() -> int:
@@ -44,8 +35,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from ppdeploy.converters.pipeline import artifact_root, model_key
-    from ppdeploy.parity import PROFILES, ParityChecker, _profile_for, expand_backends, finish_report
     from ppdeploy.models.resolve import resolve_model
+    from ppdeploy.parity import ParityChecker, expand_backends, finish_report
     from ppdeploy.samples import builtin_set
 
     judge = builtin_set("judge")
@@ -59,7 +50,7 @@ def main() -> int:
         margins = np.log(np.maximum(top[:, 0], 1e-7)) - np.log(np.maximum(top[:, 1], 1e-7))
         names, _ = expand_backends(args.backends)
         results = []
-        for backend in names + (["openvino-bf16"] if args.bf16 else []):
+        for backend in dict.fromkeys(names + (["openvino-bf16"] if args.bf16 else [])):
             result = check(checker, backend)
             results.append(result)
             row = {"model": name, "backend": backend, "status": result.status, "profile": result.profile,

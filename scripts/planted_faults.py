@@ -71,7 +71,7 @@ def main() -> int:
     from ppdeploy.converters.pipeline import convert_model
     from ppdeploy.models.resolve import resolve_model
     from ppdeploy.parity import PROFILES, ParityChecker
-    from ppdeploy.runtimes import RUNTIMES
+    from ppdeploy.registry import runtime_class
     from ppdeploy.samples import builtin_set
 
     model = resolve_model(args.model, synthetic=True)
@@ -81,7 +81,7 @@ def main() -> int:
         fp32 = convert_model(model, "onnx")
         caught: dict[str, float | None] = {name: None for name in PROFILES}
         for eps in EPSILONS:
-            with RUNTIMES["onnx"](scaled_copy(fp32, work, middle_conv_weight, 1 + eps)) as runtime:
+            with runtime_class("onnx")(scaled_copy(fp32, work, middle_conv_weight, 1 + eps)) as runtime:
                 rows = {name: checker.check(f"conv x(1+{eps:g})", runtime, profile) for name, profile in PROFILES.items()}
             m = next(iter(rows.values())).metrics
             print(f"{args.model} middle conv x(1+{eps:g}): max_abs={m.max_abs:.2e} max_tv={m.max_tv:.2e} "
@@ -92,7 +92,7 @@ def main() -> int:
                     caught[name] = eps
         print(f"{args.model}: smallest middle-conv change failing each profile: {caught}", flush=True)
         int8 = convert_model(model, "onnx-int8")
-        with RUNTIMES["onnx"](int8) as runtime:
+        with runtime_class("onnx")(int8) as runtime:
             honest = checker.check("onnx-int8", runtime, PROFILES["int8"])
         m = honest.metrics
         print(f"{args.model} onnx-int8 honest: {honest.status} mean_tv={m.mean_tv:.3f} max_tv={m.max_tv:.3f} "
@@ -100,7 +100,7 @@ def main() -> int:
         for where, pick in (("stem", stem_weight_scale), ("middle", middle_weight_scale)):
             smallest = None
             for k in SCALES:
-                with RUNTIMES["onnx"](scaled_copy(int8, work / where, pick, k)) as runtime:
+                with runtime_class("onnx")(scaled_copy(int8, work / where, pick, k)) as runtime:
                     row = checker.check(f"int8 {where} scale x{k:g}", runtime, PROFILES["int8"])
                 m = row.metrics
                 print(f"{args.model} int8 {where} conv weight scale x{k:g}: {row.status} mean_tv={m.mean_tv:.3f} "

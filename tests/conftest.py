@@ -1,4 +1,5 @@
-"""Shared fixtures: a session-wide ppdeploy cache and synthetic zoo models exported once per session."""
+"""Shared fixtures: a session-wide ppdeploy cache, the tiny model (``tests/tiny.py``) with its numpy golden, and
+synthetic zoo models, each exported once per session."""
 
 from __future__ import annotations
 
@@ -31,6 +32,55 @@ def synthetic_model():
         return cache[name, fmt]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_weights() -> dict:
+    """The tiny model's weights (``tests/tiny.py``), numpy float32 by Paddle parameter name."""
+    import tiny
+
+    return tiny.tiny_weights()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_weights, tmp_path_factory):
+    """Factory: ``tiny_model("json")`` or ``tiny_model("pdmodel")`` → the tiny ResNet-like model as a
+    ``PaddleModel``, exported once per session per format (again if a test damaged or deleted it)."""
+    import shutil
+
+    import numpy as np
+    import tiny
+
+    from ppdeploy.models.paddle_files import find_paddle_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    weights_file = root / "weights.npz"
+    np.savez(weights_file, **tiny_weights)
+    cache: dict = {}  # fmt -> (PaddleModel, content hash when exported)
+
+    def intact(fmt: str) -> bool:
+        try:
+            return fmt in cache and cache[fmt][0].content_hash() == cache[fmt][1]
+        except OSError:
+            return False
+
+    def make(fmt: str = "json"):
+        if not intact(fmt):
+            out_dir = root / f"tiny_{fmt}"
+            shutil.rmtree(out_dir, ignore_errors=True)
+            model = find_paddle_model(tiny.export_tiny(weights_file, out_dir, fmt))
+            cache[fmt] = (model, model.content_hash())
+        return cache[fmt][0]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_golden(tiny_weights, photos):
+    """The tiny model's independent (numpy) answer on the judge photos: see ``tiny.Golden``."""
+    import tiny
+
+    return tiny.Golden.on(tiny_weights, photos[0])
 
 
 @pytest.fixture(scope="session")

@@ -7,22 +7,13 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ppdeploy.bench import (
-    ANCHOR,
-    REFERENCE,
-    BackendInfo,
-    BenchReport,
-    BenchResult,
-    BenchSettings,
-    E2EResult,
-    expand_variants,
-    parity_mark,
-    run_bench,
-    write_chart,
-)
+from ppdeploy.bench.chart import write_chart
+from ppdeploy.bench.render import parity_mark
+from ppdeploy.bench.report import ANCHOR, REFERENCE, BackendInfo, BenchReport, BenchResult, BenchSettings, E2EResult
+from ppdeploy.bench.run import expand_variants, run_bench
 from ppdeploy.cli import app
-from ppdeploy.converters.base import TARGETS
 from ppdeploy.errors import BackendUnavailableError
+from ppdeploy.registry import targets
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -33,7 +24,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def test_all_runs_the_reference_first_then_every_target_and_the_bench_variants():
     labels = [v.label for v in expand_variants("all")]
     assert labels[0] == REFERENCE
-    assert set(TARGETS) <= set(labels)
+    assert set(targets()) <= set(labels)
     assert labels.index("openvino-bf16") == labels.index("openvino") + 1  # beside the IR it runs
 
 
@@ -41,7 +32,7 @@ def test_the_reference_is_added_when_not_named():
     variants = expand_variants("openvino-int8,openvino-bf16")
     assert [v.label for v in variants] == [REFERENCE, "openvino-int8", "openvino-bf16"]
     assert [v.profile for v in variants] == ["fp32", "int8", "bf16"]
-    assert variants[2].choice == "openvino" and variants[2].options == {"precision_override": "bf16"}
+    assert variants[2].target == "openvino" and variants[2].options == {"precision_override": "bf16"}
 
 
 def test_unknown_backend_lists_the_bench_variants_too():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ppdeploy.doctor import cpu_info, diagnose
-from ppdeploy.runtimes import RUNTIMES
+from ppdeploy.registry import backends
 
 
 def test_cpu_flags_match_proc_cpuinfo():
@@ -19,9 +19,9 @@ def test_cpu_flags_match_proc_cpuinfo():
 def test_every_backend_is_listed_with_truthful_state():
     diagnosis = diagnose()
     rows = {row["name"]: row for row in diagnosis.backends}
-    assert set(rows) == set(RUNTIMES)
-    for name, runtime in RUNTIMES.items():
-        ok, _ = runtime.availability()
+    assert set(rows) == set(backends())
+    for name, record in backends().items():
+        ok, _ = record.availability()
         assert rows[name]["available"] == ("yes" if ok else "no")
         if not ok:
             assert "install" in rows[name]["reason"]

@@ -12,7 +12,7 @@ from ppdeploy.errors import DeployError
 from ppdeploy.evaluate import evaluate, read_label_list
 from ppdeploy.parity import run_batches
 from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
-from ppdeploy.runtimes import RUNTIMES
+from ppdeploy.registry import runtime_class
 from ppdeploy.samples import sample_images
 
 
@@ -28,7 +28,7 @@ def labelled(synthetic_model, tmp_path_factory):
         name = f"imgs/photo_{i}.png"  # lossless: the list's files decode to exactly these pixels
         cv2.imwrite(str(folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         names.append(name)
-    with RUNTIMES["paddle"](model.paddle.directory) as runtime:
+    with runtime_class("paddle")(model.paddle.directory) as runtime:
         probs = run_batches(runtime, [preprocess_batch(images, PreprocessConfig())])
     order = np.argsort(-probs, axis=1)
     labels = [int(order[i, 0]) if i < 3 else int(order[i, 5]) for i in range(6)]

@@ -17,10 +17,11 @@ import pytest
 from ppdeploy.errors import ConversionError, DeployError, ModelNotFoundError, WeightsMismatchError
 from ppdeploy.models import export as export_module
 from ppdeploy.models.export import MODEL_FILES, export_model, program_op_counts
+from ppdeploy.models.resolve import default_shape_set
 from ppdeploy.models.synthetic import SHAPE_IMAGES, SYNTHETIC_RECIPE
 from ppdeploy.models.zoo import get_model
 from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
-from ppdeploy.samples import sample_images
+from ppdeploy.samples import builtin_set, sample_images
 
 RESNET18 = get_model("ResNet18")
 FORMATS = ("json", "pdmodel")
@@ -28,15 +29,16 @@ FORMATS = ("json", "pdmodel")
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, Path]:
-    """ResNet18 with synthetic weights (seed 0), once per format."""
+    """ResNet18 with synthetic weights (seed 0, the default shape photos), once per format."""
     root = tmp_path_factory.mktemp("exported")
-    return {fmt: export_model(RESNET18, root / fmt, synthetic=True, fmt=fmt) for fmt in FORMATS}
+    shape = default_shape_set()
+    return {fmt: export_model(RESNET18, root / fmt, synthetic=True, fmt=fmt, shape_images=shape) for fmt in FORMATS}
 
 
 @pytest.fixture(scope="module")
 def photo_batch() -> np.ndarray:
     """Judge photos: none of them shaped the synthetic weights."""
-    return preprocess_batch(sample_images(24, role="judge"), PreprocessConfig.from_spec(RESNET18))
+    return preprocess_batch(sample_images(24, role="judge"), RESNET18.preprocess_config())
 
 
 def predict(directory: Path, fmt: str, batch: np.ndarray) -> np.ndarray:
@@ -70,7 +72,7 @@ def test_export_writes_model_yaml_and_record(exported, fmt):
     assert record["format"] == fmt and record["paddle"] and record["seconds"] > 0
     assert record["recipe"] == SYNTHETIC_RECIPE and record["shape_set"]["role"] == "shape"
     assert record["shape_set"]["count"] == SHAPE_IMAGES and "astronaut.png" in record["shape_set"]["provenance"]
-    assert PreprocessConfig.from_yaml(directory / "inference_cls.yaml") == PreprocessConfig.from_spec(RESNET18)
+    assert PreprocessConfig.from_yaml(directory / "inference_cls.yaml") == RESNET18.preprocess_config()
     text = (directory / "inference_cls.yaml").read_text()
     assert "scale: 0.00392157" in text and "order: ''" in text and "- ToCHWImage:\n" in text
     assert "name: Topk" in text and "topk: 5" in text
@@ -109,14 +111,14 @@ def test_both_formats_hold_the_same_model(exported, photo_batch):
 
 @pytest.mark.parametrize(("name", "convs", "pools"), [("ResNet50_vd", 55, 5), ("ResNet50", 53, 2)])
 def test_exported_program_operator_counts(tmp_path, name, convs, pools):
-    out = export_model(get_model(name), tmp_path / name, synthetic=True, shape_images=sample_images(2))
+    out = export_model(get_model(name), tmp_path / name, synthetic=True, shape_images=builtin_set("shape", 2))
     counts = program_op_counts(out / "inference.json")
     assert (counts["conv2d"], counts["pool2d"]) == (convs, pools)
 
 
 def test_spec_outside_the_zoo_reaches_the_child_process(tmp_path, photo_batch):
     small = dataclasses.replace(RESNET18, name="ResNet18_tiny", input_size=64, resize_short=73, num_classes=10)
-    out = export_model(small, tmp_path / "tiny", synthetic=True, fmt="pdmodel", shape_images=sample_images(2))
+    out = export_model(small, tmp_path / "tiny", synthetic=True, fmt="pdmodel", shape_images=builtin_set("shape", 2))
     assert json.loads((out / "export.json").read_text())["input_shape"] == [None, 3, 64, 64]
     batch = preprocess_batch(sample_images(2), PreprocessConfig.from_yaml(out / "inference_cls.yaml"))
     assert predict(out, "pdmodel", batch).shape == (2, 10)
@@ -124,7 +126,7 @@ def test_spec_outside_the_zoo_reaches_the_child_process(tmp_path, photo_batch):
 
 def test_json_from_a_process_in_legacy_mode_goes_through_a_child(tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "native_format", lambda: "pdmodel")
-    out = export_model(RESNET18, tmp_path / "model", synthetic=True, fmt="json", shape_images=sample_images(2))
+    out = export_model(RESNET18, tmp_path / "model", synthetic=True, fmt="json", shape_images=builtin_set("shape", 2))
     assert (out / "inference.json").is_file() and not (out / "inference.pdmodel").exists()
 
 
@@ -132,15 +134,15 @@ def test_json_from_a_process_in_legacy_mode_goes_through_a_child(tmp_path, monke
 
 
 def test_same_seed_gives_identical_weights(exported, tmp_path):
-    again = export_model(RESNET18, tmp_path / "again", synthetic=True, seed=0)
+    again = export_model(RESNET18, tmp_path / "again", synthetic=True, seed=0, shape_images=default_shape_set())
     assert (again / "inference.pdiparams").read_bytes() == (exported["json"] / "inference.pdiparams").read_bytes()
 
 
 def test_other_seed_gives_other_weights():
-    from ppdeploy.models.synthetic import synthesize_weights
     from ppdeploy.models.resnet import build_resnet
+    from ppdeploy.models.synthetic import synthesize_weights
 
-    photos = preprocess_batch(sample_images(4, role="shape"), PreprocessConfig.from_spec(RESNET18))
+    photos = preprocess_batch(sample_images(4, role="shape"), RESNET18.preprocess_config())
     states = []
     for seed in (0, 0, 1):
         net = build_resnet(RESNET18)
@@ -157,8 +159,8 @@ def test_other_seed_gives_other_weights():
 def save_state(spec_name: str, path: Path, *, seed: int = 0) -> Path:
     import paddle
 
-    from ppdeploy.models.synthetic import random_init
     from ppdeploy.models.resnet import build_resnet
+    from ppdeploy.models.synthetic import random_init
 
     net = build_resnet(get_model(spec_name))
     random_init(net, np.random.default_rng(seed))
@@ -199,7 +201,7 @@ def test_mismatching_pdparams_is_refused_with_the_first_mismatches(tmp_path, fmt
 
 
 def test_shape_and_missing_mismatches_are_named():
-    from ppdeploy.models.export import weights_mismatches
+    from ppdeploy.models.weights import weights_mismatches
 
     expected = {"fc.weight": (512, 1000), "fc.bias": (1000,), "stem.0.conv.weight": (64, 3, 7, 7)}
     state = {"fc.weight": np.zeros((2048, 1000)), "stem.0.conv.weight": np.zeros((64, 3, 7, 7))}
@@ -219,7 +221,8 @@ def test_unreadable_or_missing_weights(tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({}, "pass weights="), ({"synthetic": True, "weights": "w"}, "only one"),
-                                               ({"synthetic": True, "fmt": "onnx"}, "choose one of: json, pdmodel")])
+                                               ({"synthetic": True, "fmt": "onnx"}, "choose one of: json, pdmodel"),
+                                               ({"synthetic": True}, "without shape images")])
 def test_bad_options(tmp_path, kwargs, match):
     with pytest.raises(DeployError, match=match):
         export_model(RESNET18, tmp_path / "model", **kwargs)
@@ -234,14 +237,14 @@ def test_failed_export_leaves_nothing_and_keeps_the_previous_model(tmp_path, mon
 
     monkeypatch.setattr(export_module, "save_inference", fail)
     with pytest.raises(ConversionError, match="simulated"):
-        export_model(RESNET18, tmp_path / "model", synthetic=True, shape_images=sample_images(2))
+        export_model(RESNET18, tmp_path / "model", synthetic=True, shape_images=builtin_set("shape", 2))
     assert list(tmp_path.iterdir()) == []
 
     previous = tmp_path / "previous"
     previous.mkdir()
     (previous / "inference.json").write_text("{}")
     with pytest.raises(ConversionError):
-        export_model(RESNET18, previous, synthetic=True, shape_images=sample_images(2))
+        export_model(RESNET18, previous, synthetic=True, shape_images=builtin_set("shape", 2))
     assert [path.name for path in tmp_path.iterdir()] == ["previous"]
     assert (previous / "inference.json").read_text() == "{}"
 

@@ -328,8 +328,10 @@ def test_real_exported_model_fetches_and_loads_in_paddle_inference(archive_serve
     from paddle import inference
 
     from ppdeploy.models.export import export_model
+    from ppdeploy.models.resolve import default_shape_set
 
-    exported = export_model(get_model("ResNet18"), tmp_path / "exported", synthetic=True, fmt="pdmodel")
+    exported = export_model(get_model("ResNet18"), tmp_path / "exported", synthetic=True, fmt="pdmodel",
+                            shape_images=default_shape_set())
     files = {p.name: p.read_bytes() for p in Path(exported).iterdir() if p.name.startswith("inference.")}
     assert "inference.pdmodel" in files, f"export wrote {sorted(files)}"
     serve_model(archive_server, monkeypatch, "ResNet18", legacy_tar(files=files))
@@ -430,7 +432,7 @@ def fake_export(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Stand in for ppdeploy.models.export (written separately) and record its calls."""
     calls: list[dict] = []
 
-    def export_model(spec, out_dir, *, weights=None, synthetic=False, fmt="json", seed=0):
+    def export_model(spec, out_dir, *, weights=None, synthetic=False, fmt="json", seed=0, shape_images=None):
         calls.append({"spec": spec.name, "weights": weights, "synthetic": synthetic, "fmt": fmt})
         make_model_dir(Path(out_dir), fmt)
         return Path(out_dir)

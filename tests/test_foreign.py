@@ -19,7 +19,7 @@ import pytest
 from ppdeploy.artifacts import load_manifest, write_manifest
 from ppdeploy.errors import ArtifactError, BackendUnavailableError, DeployError, InputSpecError
 from ppdeploy.foreign import ForeignArtifact, adopt_artifact, inspect_artifact
-from ppdeploy.runtimes import RUNTIMES
+from ppdeploy.registry import runtime_class
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -210,7 +210,7 @@ def test_input_that_is_not_float32_is_noted(models, tmp_path):
 def test_adopted_folder_runs_like_onnxruntime(models, batch, tmp_path, name):
     info = inspect_artifact(models[name])
     folder = adopt_artifact(info, tmp_path)
-    with RUNTIMES[info.backend](folder, threads=1) as runtime:
+    with runtime_class(info.backend)(folder, threads=1) as runtime:
         output = runtime.infer(batch)
         details = dict(runtime.details)
     reference = ort_outputs(models["tiny.onnx"], batch)
@@ -253,7 +253,7 @@ def test_onnx_external_data_is_checked_and_linked(batch, tmp_path):
     assert info.data_files == (source / "big.onnx.data",) and info.precision == "fp32"
     folder = adopt_artifact(info, tmp_path / "adopted")
     assert (folder / "big.onnx.data").resolve() == (source / "big.onnx.data").resolve()
-    with RUNTIMES["onnx"](folder, threads=1) as runtime:
+    with runtime_class("onnx")(folder, threads=1) as runtime:
         np.testing.assert_allclose(runtime.infer(batch), ort_outputs(source / "big.onnx", batch), atol=1e-5, rtol=0)
     (source / "big.onnx.data").unlink()
     with pytest.raises(ArtifactError) as error:
@@ -265,7 +265,7 @@ def test_adopt_leaves_the_users_files_alone_and_is_repeatable(models, tmp_path):
     before = _fingerprint(models["tiny.onnx"].parent)
     info = inspect_artifact(models["tiny_int8.xml"])
     first = adopt_artifact(info, tmp_path)
-    with RUNTIMES["openvino"](first, threads=1) as runtime:
+    with runtime_class("openvino")(first, threads=1) as runtime:
         runtime.infer(_random_batches(1, seed=4)[0])
     second = adopt_artifact(info, tmp_path)
     assert first == second and sorted(p.name for p in tmp_path.iterdir()) == [first.name]
@@ -331,7 +331,7 @@ def test_folder_without_exactly_one_model(models, tmp_path):
 # --------------------------------------------------------------------------- TensorRT
 
 
-@pytest.mark.skipif(RUNTIMES["tensorrt"].availability()[0], reason="TensorRT and a CUDA GPU are present")
+@pytest.mark.skipif(runtime_class("tensorrt").availability()[0], reason="TensorRT and a CUDA GPU are present")
 def test_engine_without_tensorrt_is_unavailable_with_the_reason(tmp_path):
     engine = tmp_path / "resnet.plan"
     engine.write_bytes(b"\0" * 64)
@@ -375,7 +375,7 @@ def test_engine_precision_from_inspector_layers(kind):
 def test_engine_is_inspected_adopted_and_run(models, batch, tmp_path):
     if importlib.util.find_spec("tensorrt") is None:
         pytest.skip("tensorrt is not importable (needs an NVIDIA GPU and the gpu extra)")
-    ok, reason = RUNTIMES["tensorrt"].availability()
+    ok, reason = runtime_class("tensorrt").availability()
     if not ok:
         pytest.skip(reason)
     from ppdeploy.converters import onnx_to_trt
@@ -388,6 +388,6 @@ def test_engine_is_inspected_adopted_and_run(models, batch, tmp_path):
     assert (info.backend, info.precision, info.input_name) == ("tensorrt", "fp32", "x")
     assert info.input_shape == INPUT_SHAPE
     folder = adopt_artifact(info, tmp_path / "adopted")
-    with RUNTIMES["tensorrt"](folder) as runtime:
+    with runtime_class("tensorrt")(folder) as runtime:
         output = runtime.infer(batch)
     np.testing.assert_allclose(output, ort_outputs(models["tiny.onnx"], batch), atol=1e-4, rtol=0)

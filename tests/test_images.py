@@ -8,9 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from corpus import RGB, jpeg_bytes, write_exif_rotated_jpeg, write_good_corpus
 from PIL import Image
 
-from corpus import RGB, jpeg_bytes, write_exif_rotated_jpeg, write_good_corpus
 from ppdeploy import images
 from ppdeploy.errors import DeployError, ImageError
 from ppdeploy.images import IMAGE_EXTENSIONS, decode_image, list_images, pixel_limit

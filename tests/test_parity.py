@@ -12,7 +12,7 @@ import pytest
 from ppdeploy.artifacts import artifact_model_file
 from ppdeploy.converters.pipeline import convert_model, default_options
 from ppdeploy.parity import PROFILES, BackendResult, ParityChecker, ParityReport, compare, judge, rebatch
-from ppdeploy.runtimes import RUNTIMES
+from ppdeploy.registry import runtime_class
 from ppdeploy.samples import builtin_set, write_sample_folder
 
 
@@ -156,7 +156,7 @@ def _perturbed_onnx(checker, tmp_path, factor: float):
 
 
 def test_planted_fault_one_percent_on_a_middle_conv_fails_fp32(checker, tmp_path):
-    with RUNTIMES["onnx"](_perturbed_onnx(checker, tmp_path, 1.01)) as runtime:
+    with runtime_class("onnx")(_perturbed_onnx(checker, tmp_path, 1.01)) as runtime:
         result = checker.check("onnx (middle conv +1%)", runtime, PROFILES["fp32"])
     assert result.status == "fail"
     assert any("max abs diff" in r for r in result.reasons)
@@ -164,16 +164,16 @@ def test_planted_fault_one_percent_on_a_middle_conv_fails_fp32(checker, tmp_path
 
 def test_planted_fault_bgr_input_fails(checker):
     artifact = convert_model(checker.model, "onnx")
-    with RUNTIMES["onnx"](artifact) as runtime:
+    with runtime_class("onnx")(artifact) as runtime:
         result = checker.check("onnx (BGR)", runtime, PROFILES["fp32"], transform=lambda b: b[:, ::-1])
     assert result.status == "fail" and result.metrics.max_abs > 1e-3
 
 
 def test_planted_fault_openvino_left_at_bf16_fails(checker):
     artifact = convert_model(checker.model, "openvino")
-    with RUNTIMES["openvino"](artifact) as honest:
+    with runtime_class("openvino")(artifact) as honest:
         assert checker.check("openvino", honest, PROFILES["fp32"]).status == "pass"
-    with RUNTIMES["openvino"](artifact, precision_override="bf16") as runtime:
+    with runtime_class("openvino")(artifact, precision_override="bf16") as runtime:
         if "bf16" not in runtime.details.get("inference_precision", ""):
             pytest.skip(f"this CPU runs {runtime.details.get('inference_precision')} when asked for bf16")
         result = checker.check("openvino (claims fp32, runs bf16)", runtime, PROFILES["fp32"])
@@ -223,7 +223,7 @@ def test_calibrating_on_the_judge_photos_is_flagged_and_strict_fails_it(int8_che
     from ppdeploy.artifacts import load_manifest
 
     calibration = load_manifest(artifact)["calibration_set"]
-    with RUNTIMES["onnx"](artifact) as runtime:
+    with runtime_class("onnx")(artifact) as runtime:
         result = int8_checker.check("onnx-int8 (calibrated on judge photos)", runtime, PROFILES["int8"],
                                     calibration=calibration)
     assert result.calibration_overlap is True
@@ -239,7 +239,7 @@ def test_planted_fault_int8_weight_scale_off_by_two_fails(int8_checker, tmp_path
     from onnx import numpy_helper
 
     good = convert_model(int8_checker.model, "onnx-int8")
-    with RUNTIMES["onnx"](good) as runtime:
+    with runtime_class("onnx")(good) as runtime:
         honest = int8_checker.check("onnx-int8", runtime, PROFILES["int8"])
     bad = tmp_path / "bad-int8"
     shutil.copytree(good, bad)
@@ -250,7 +250,7 @@ def test_planted_fault_int8_weight_scale_off_by_two_fails(int8_checker, tmp_path
     scale = inits[weight_dq[0].input[1]]
     scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(2.0), scale.name))
     onnx.save(proto, str(artifact_model_file(bad)))
-    with RUNTIMES["onnx"](bad) as runtime:
+    with runtime_class("onnx")(bad) as runtime:
         result = int8_checker.check("onnx-int8 (stem weight scale x2)", runtime, PROFILES["int8"])
     assert result.status == "fail", (result.metrics, honest.metrics)
     assert honest.metrics.mean_tv < result.metrics.mean_tv

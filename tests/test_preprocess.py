@@ -168,7 +168,7 @@ def test_odd_sizes(height, width):
 
 
 def test_fix_resnet_320_config():
-    cfg = PreprocessConfig.from_spec(get_model("Fix_ResNet50_vd_ssld"))
+    cfg = get_model("Fix_ResNet50_vd_ssld").preprocess_config()
     img = photo(np.random.default_rng(3), 400, 600)
     out = preprocess(img, cfg)
     assert out.shape == (3, 320, 320)
@@ -240,7 +240,7 @@ def test_to_rgb_uint8_refuses(bad):
 def test_config_defaults_and_spec():
     cfg = PreprocessConfig()
     assert (cfg.resize_short, cfg.crop_size, cfg.scale, cfg.interpolation) == (256, 224, 0.00392157, "linear")
-    assert PreprocessConfig.from_spec(get_model("ResNet50_vd")) == cfg
+    assert get_model("ResNet50_vd").preprocess_config() == cfg
     assert cfg.to_dict() == {"resize_short": 256, "crop_size": 224, "mean": [0.485, 0.456, 0.406],
                              "std": [0.229, 0.224, 0.225], "scale": 0.00392157, "interpolation": "linear"}
     assert PreprocessConfig(mean=[0.485, 0.456, 0.406]) == cfg  # lists normalised to tuples; hashable

@@ -17,10 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from corpus import (
+    MIXED_PIXEL_LIMIT,
+    MixedFolder,
+    write_elongated_png,
+    write_good_corpus,
+    write_mixed_folder,
+    write_palette_gif,
+    write_photos,
+    write_unreadable,
+)
 from typer.testing import CliRunner
 
-from corpus import (MIXED_PIXEL_LIMIT, MixedFolder, write_elongated_png, write_good_corpus, write_mixed_folder,
-                    write_palette_gif, write_photos, write_unreadable)
 from ppdeploy.cli import app, main
 
 runner = CliRunner()

@@ -1,5 +1,8 @@
-"""Conversion edges from a Paddle inference model to ONNX, OpenVINO IR and TensorRT engines."""
+"""Conversion edges from a Paddle inference model to ONNX, OpenVINO IR and TensorRT engines.
 
-from ppdeploy.converters.base import TARGETS, ConvertOptions, ConvertResult, Target
+Each edge module registers the targets it builds (``ppdeploy.registry.Target``); ``pipeline`` runs them.
+"""
 
-__all__ = ["TARGETS", "ConvertOptions", "ConvertResult", "Target"]
+from ppdeploy.converters.base import ConvertOptions, ConvertResult
+
+__all__ = ["ConvertOptions", "ConvertResult"]

@@ -1,9 +1,8 @@
-"""What a conversion edge is: a target record, its options, and the registry of targets."""
+"""What a conversion edge gets and gives: its options and its result. Targets are declared by the converter modules
+(``ppdeploy.registry.Target``)."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,67 +69,3 @@ class ConvertResult:
     model_file: str
     precision: str
     info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Target:
-    """One conversion target (``deploy convert --to NAME``).
-
-    ``source`` is the target whose artifact this one is made from (``None``: the Paddle model itself);
-    ``module`` exposes ``convert(src: Path, dst: Path, options: ConvertOptions) -> ConvertResult`` where
-    ``src`` is the source artifact *file* (e.g. ``.../onnx/model.onnx`` or ``.../inference.json``) and ``dst``
-    an empty folder to write into.
-    """
-
-    name: str
-    backend: str
-    precision: str
-    module: str
-    source: str | None = None
-    requires: tuple[str, ...] = ()
-    needs_gpu: bool = False
-    install_hint: str = ""
-    # When ``source`` is None: the Paddle formats read directly, and the target to go through otherwise.
-    paddle_formats: tuple[str, ...] = ("json", "pdmodel")
-    fallback: str | None = None
-
-    def availability(self) -> tuple[bool, str]:
-        missing = [mod for mod in self.requires if importlib.util.find_spec(mod) is None]
-        if missing:
-            return False, f"package {', '.join(missing)} is not installed | install it: {self.install_hint}"
-        return True, ""
-
-    def converter(self):
-        return importlib.import_module(self.module)
-
-
-TARGETS: dict[str, Target] = {}
-
-
-def register_target(target: Target) -> Target:
-    TARGETS[target.name] = target
-    return target
-
-
-_TRT_HINT = "pip install 'ppdeploy[gpu]' on a machine with an NVIDIA GPU"
-for _target in (
-    Target("onnx", "onnx", "fp32", "ppdeploy.converters.paddle_to_onnx", requires=("paddle2onnx", "onnx")),
-    Target("onnx-fp16", "onnx", "fp16", "ppdeploy.converters.onnx_fp16", source="onnx",
-           requires=("onnxconverter_common",)),
-    Target("onnx-int8", "onnx", "int8", "ppdeploy.converters.onnx_int8", source="onnx",
-           requires=("onnxruntime",)),
-    # OpenVINO's Paddle frontend reads legacy .pdmodel only; PIR .json models go through ONNX.
-    Target("openvino", "openvino", "fp32", "ppdeploy.converters.to_openvino", requires=("openvino",),
-           paddle_formats=("pdmodel",), fallback="onnx"),
-    Target("openvino-fp16", "openvino", "fp16", "ppdeploy.converters.to_openvino", requires=("openvino",),
-           paddle_formats=("pdmodel",), fallback="onnx"),
-    Target("openvino-int8", "openvino", "int8", "ppdeploy.converters.openvino_int8", source="openvino",
-           requires=("openvino", "nncf")),
-    Target("trt-fp32", "tensorrt", "fp32", "ppdeploy.converters.onnx_to_trt", source="onnx",
-           requires=("tensorrt",), needs_gpu=True, install_hint=_TRT_HINT),
-    Target("trt-fp16", "tensorrt", "fp16", "ppdeploy.converters.onnx_to_trt", source="onnx-fp16",
-           requires=("tensorrt",), needs_gpu=True, install_hint=_TRT_HINT),
-    Target("trt-int8", "tensorrt", "int8", "ppdeploy.converters.onnx_to_trt", source="onnx-int8",
-           requires=("tensorrt",), needs_gpu=True, install_hint=_TRT_HINT),
-):
-    register_target(_target)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ppdeploy.converters.base import ConvertOptions, ConvertResult
-from ppdeploy.converters.paddle_to_onnx import MODEL_FILE, verify_onnx
+from ppdeploy.converters.onnx_graph import MODEL_FILE, verify_onnx
 from ppdeploy.errors import ConversionError, one_line
 from ppdeploy.fsutil import atomic_write_bytes
+from ppdeploy.registry import Target, register_target
 
 if TYPE_CHECKING:
     import onnx
@@ -73,3 +74,8 @@ def _check_io_types(model: onnx.ModelProto, src: Path) -> None:
 
 def _opset(model: onnx.ModelProto) -> int:
     return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
+
+
+TARGET = register_target(Target(
+    "onnx-fp16", "onnx", "fp16", __name__, source="onnx", requires=("onnx", "onnxconverter_common"), extra="onnx",
+    tools=("onnx", "onnxconverter-common")))

@@ -61,8 +61,9 @@ import numpy as np
 
 from ppdeploy.converters import accuracy
 from ppdeploy.converters.base import ConvertOptions, ConvertResult
-from ppdeploy.converters.paddle_to_onnx import MODEL_FILE, verify_onnx
+from ppdeploy.converters.onnx_graph import MODEL_FILE, verify_onnx
 from ppdeploy.errors import ConversionError, one_line
+from ppdeploy.registry import Target, register_target
 
 if TYPE_CHECKING:
     import onnx
@@ -266,9 +267,13 @@ def exclusion_groups(model: onnx.ModelProto, qdq: Path, head: list[str]) -> dict
 def rank_by_noise(quantizer: Quantizer, qdq: Path, groups: dict[str, list[str]], images: np.ndarray) -> list[str]:
     """The layers of ``groups``, noisiest first: summed relative noise power (10^(-SQNR/10)) of every activation
     and weight the layer's nodes read, as ORT's QDQ debugging tools measure it on ``images``."""
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_weight_error,
-                                                         create_activation_matching, create_weight_matching,
-                                                         modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_weight_error,
+        create_activation_matching,
+        create_weight_matching,
+        modify_model_output_intermediate_tensors,
+    )
     from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio as sqnr
 
     augmented = quantizer.work / "augmented.onnx"
@@ -371,3 +376,8 @@ def check_symmetric(path: Path) -> int:
     if ops["QuantizeLinear"] == 0:
         raise ConversionError(one_line(str(path), "no node was quantized", "check that the source is a CNN in fp32"))
     return ops["QuantizeLinear"]
+
+
+TARGET = register_target(Target(
+    "onnx-int8", "onnx", "int8", __name__, source="onnx", requires=("onnx", "onnxruntime"), extra="onnx",
+    tools=("onnx", "onnxruntime"), calibrated=True))

@@ -39,9 +39,10 @@ import numpy as np
 
 from ppdeploy.converters import accuracy
 from ppdeploy.converters.base import ConvertOptions, ConvertResult
-from ppdeploy.errors import ConversionError, DeployError, one_line
+from ppdeploy.converters.openvino_ir import MODEL_FILE, read_ir
+from ppdeploy.errors import OPENVINO_LOCATION_LINES, ConversionError, DeployError, first_line, one_line
+from ppdeploy.registry import Target, register_target
 
-MODEL_FILE = "model.xml"
 PRESET = "performance"
 # Bound the search (ResNet200_vd has ~200 quantizer groups; ranking each on the whole validation set took longer
 # than a CI run): rank on the images that lost most, revert at most this many groups.
@@ -63,13 +64,11 @@ def convert(src: Path, dst: Path, options: ConvertOptions) -> ConvertResult:
 
     Raises:
         ConversionError: calibration and validation images that overlap or do not fit the model, an NNCF
-            failure, or an IR that holds no quantized layer or fails its test run.
+            failure, or an IR that holds no quantized layer (the pipeline test-runs it after).
     """
     import openvino as ov
 
-    from ppdeploy.converters.to_openvino import verify_ir
     from ppdeploy.preprocess import preprocess_batch
-    from ppdeploy.runtimes.ov import read_ir
 
     calib, validation = accuracy.image_sets(options)
     config = preprocess_config(options)
@@ -84,11 +83,9 @@ def convert(src: Path, dst: Path, options: ConvertOptions) -> ConvertResult:
     if not fake_quantize:
         raise ConversionError(one_line(str(src), "NNCF inserted no FakeQuantize node",
                                        "check that the source is an fp32 convolutional IR"))
-    output_shape = verify_ir(core, xml, INFERENCE_PRECISION, batch.shape[2], batch.shape[3])
     return ConvertResult(MODEL_FILE, "int8", info={
         "input_name": model.input(0).get_any_name(),
         "input_size": int(batch.shape[2]),
-        "output_shape": list(output_shape),
         "inference_precision": INFERENCE_PRECISION,
         "calibration_hash": calib.sha256,
         "calibration_count": int(batch.shape[0]),
@@ -127,8 +124,6 @@ def quantize(model, batch: np.ndarray, validation: np.ndarray, max_drop: float |
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-    from ppdeploy.runtimes.ov import first_line
-
     started = time.perf_counter()
     calibration = nncf.Dataset([batch[i:i + 1] for i in range(len(batch))])
     settings = {"preset": nncf.QuantizationPreset.PERFORMANCE, "subset_size": len(batch),
@@ -152,7 +147,8 @@ def quantize(model, batch: np.ndarray, validation: np.ndarray, max_drop: float |
     except DeployError:
         raise
     except Exception as exc:  # NNCF's own errors and OpenVINO's RuntimeErrors
-        raise ConversionError(one_line("NNCF quantization", f"failed ({first_line(exc)})",
+        reason = first_line(exc, skip=OPENVINO_LOCATION_LINES)
+        raise ConversionError(one_line("NNCF quantization", f"failed ({reason})",
                                        "run with --verbose for the traceback")) from exc
     finally:
         logging.getLogger("nncf").setLevel(previous)
@@ -241,3 +237,8 @@ def _quiet_nncf() -> int:
 
 def count_fake_quantize(model) -> int:
     return sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")
+
+
+TARGET = register_target(Target(
+    "openvino-int8", "openvino", "int8", __name__, source="openvino", requires=("openvino", "nncf"),
+    extra="openvino", tools=("openvino", "nncf"), calibrated=True))

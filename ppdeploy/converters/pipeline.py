@@ -10,21 +10,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ppdeploy.artifacts import MANIFEST, artifact_model_file, load_manifest, tool_versions, write_manifest
-from ppdeploy.converters.base import SUPPORTED_OPSETS, TARGETS, ConvertOptions, Target
+from ppdeploy.artifacts import MANIFEST, artifact_model_file, load_manifest, test_run, tool_versions, write_manifest
+from ppdeploy.converters.base import SUPPORTED_OPSETS, ConvertOptions
 from ppdeploy.errors import ArtifactError, BackendUnavailableError, ConversionError, DeployError, one_line
 from ppdeploy.fsutil import cache_home, file_lock, staging_dir
 from ppdeploy.models.paddle_files import PaddleModel
+from ppdeploy.registry import Target, get_target
 
 Log = Callable[[str], None]
 _HASHES: dict[tuple, str] = {}
-
-
-def get_target(name: str) -> Target:
-    """Look a target up by name, or raise listing the valid ones."""
-    if name not in TARGETS:
-        raise ConversionError(one_line(f"target '{name}'", "unknown", "choose one of: " + ", ".join(TARGETS)))
-    return TARGETS[name]
 
 
 def artifact_root() -> Path:
@@ -57,7 +51,7 @@ def default_options(model: Any, target: str, **overrides: Any) -> ConvertOptions
     from ppdeploy.preprocess import PreprocessConfig
 
     spec = getattr(model, "spec", None)
-    default = PreprocessConfig.from_spec(spec) if spec is not None else PreprocessConfig()
+    default = spec.preprocess_config() if spec is not None else PreprocessConfig()
     cfg = PreprocessConfig.for_model_dir(_paddle(model).directory, default)
     values = {"input_size": cfg.crop_size, "preprocess": cfg.to_dict(), **overrides, "target": target}
     return ConvertOptions(**values)
@@ -69,7 +63,7 @@ def convert_model(model: Any, target: str, *, options: ConvertOptions | None = N
 
     Args:
         model: a ``PaddleModel`` or a resolved zoo model (anything with ``.paddle``).
-        target: a name from ``TARGETS``.
+        target: a registered target's name (``ppdeploy.registry.targets()``).
         options: conversion options; defaults come from the model's preprocessing.
         out_dir: artifact folder; default ``$PPDEPLOY_HOME/artifacts/<model>/<target>``. Source artifacts of a
             chained target go beside it.
@@ -102,8 +96,11 @@ def convert_model(model: Any, target: str, *, options: ConvertOptions | None = N
         with staging_dir(out_dir) as tmp:
             result = _run_converter(spec, src_file, tmp, options)
             seconds = round(time.perf_counter() - started, 3)
-            write_manifest(tmp, _manifest(model, paddle, spec, options, result, wanted, seconds, tmp))
+            manifest = _manifest(model, paddle, spec, options, result, wanted, seconds, tmp)
+            write_manifest(tmp, manifest)
             artifact_model_file(tmp)  # the converter must have written what it claims
+            _say(log, f"Test-running the {target} artifact ...")
+            write_manifest(tmp, {**manifest, "output_shape": list(test_run(tmp, manifest))})
         _say(log, f"Wrote {target} artifact to {out_dir} in {seconds:.1f} s")
     return out_dir
 
@@ -141,7 +138,7 @@ def _source(model: Any, spec: Target, options: ConvertOptions, out_dir: Path,
 def _fingerprint(paddle: PaddleModel, spec: Target, options: ConvertOptions, src_manifest: dict | None) -> dict:
     """Everything that, when changed, makes a cached artifact stale."""
     calib = validation = max_drop = None
-    if spec.precision == "int8" and spec.source in (None, "openvino", "onnx"):
+    if spec.calibrated:
         from ppdeploy.samples import set_hash
 
         calib = set_hash("calibration", options.calib_images, options.calib_count)
@@ -156,7 +153,14 @@ def _fingerprint(paddle: PaddleModel, spec: Target, options: ConvertOptions, src
         "validation_hash": validation,
         "max_drop": max_drop,
         "tools": tool_versions(),
+        "gpu": _gpu() if spec.needs_gpu else None,  # an engine only runs on the GPU model it was built for
     }
+
+
+def _gpu() -> dict[str, str]:
+    from ppdeploy.gpu import current_gpu
+
+    return current_gpu()
 
 
 def _is_valid(out_dir: Path, wanted: dict) -> bool:

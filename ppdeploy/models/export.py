@@ -12,8 +12,9 @@ exported, how, and how long it took). Two formats:
 A process exports its own format (:func:`native_format`) in-process; the other one runs in a child process
 (``python -m ppdeploy.models.export``) started with the flag set accordingly.
 
-The weights are either a PaddleClas ``.pdparams`` or seeded random numbers whose BatchNorm statistics are
-measured on real photos and whose classifier is scaled so that predictions look like a trained model's.
+The weights are either a PaddleClas ``.pdparams`` or seeded random numbers (``ppdeploy.models.synthetic``) whose
+BatchNorm statistics are measured on the shape photos the caller passes in and whose classifier is scaled so that
+predictions look like a trained model's.
 Everything is written into a staging folder first: a failed or killed export leaves nothing at ``out_dir``.
 """
 
@@ -29,24 +30,25 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ppdeploy import errors
-from ppdeploy.errors import (ConversionError, DeployError, ModelNotFoundError, WeightsMismatchError, first_line,
-                             one_line)
+from ppdeploy.errors import ConversionError, DeployError, ModelNotFoundError, first_line, one_line
 from ppdeploy.fsutil import atomic_write_text, staging_dir
 from ppdeploy.models.paddle_files import PREFIX
-from ppdeploy.models.synthetic import SHAPE_IMAGES, SYNTHETIC_RECIPE, synthesize_weights  # noqa: F401
+from ppdeploy.models.synthetic import SYNTHETIC_RECIPE, synthesize_from_images
+from ppdeploy.models.weights import load_weights
 from ppdeploy.models.zoo import ModelSpec, get_model
 
 if TYPE_CHECKING:
     import paddle
+
+    from ppdeploy.samples import ImageSet
 
 FORMATS = ("json", "pdmodel")
 MODEL_FILES = {"json": ("inference.json", "inference.pdiparams"),
@@ -58,7 +60,7 @@ _ERROR_LINE = re.compile(r"^(\w+Error): (.*)$")
 
 def export_model(spec: ModelSpec, out_dir: str | os.PathLike, *, weights: str | os.PathLike | None = None,
                  synthetic: bool = False, fmt: str = "json", seed: int = 0,
-                 shape_images: Sequence[np.ndarray] | None = None) -> Path:
+                 shape_images: ImageSet | None = None) -> Path:
     """Write ``spec`` as a Paddle inference model into ``out_dir`` (replacing what is there, atomically).
 
     Args:
@@ -70,34 +72,33 @@ def export_model(spec: ModelSpec, out_dir: str | os.PathLike, *, weights: str | 
         fmt: ``"json"`` (Paddle 3 PIR) or ``"pdmodel"`` (legacy ProgramDesc); a format other than this
             process's :func:`native_format` is exported in a child process.
         seed: seeds the synthetic weights; the same seed gives the same weights.
-        shape_images: RGB ``uint8`` photos that shape the synthetic weights (BatchNorm statistics, classifier);
-            ``None`` uses :data:`SHAPE_IMAGES` built-in ``shape`` photos, which never judge anything.
+        shape_images: with ``synthetic``, the photos that shape the weights (BatchNorm statistics, classifier);
+            required then, and recorded in ``export.json``. ``ppdeploy.models.resolve.default_shape_set`` gives
+            the built-in ``shape`` photos, which never judge anything.
 
     Returns:
         ``out_dir``.
 
     Raises:
-        DeployError: bad options (unknown format, neither or both of ``weights`` and ``synthetic``).
+        DeployError: bad options (unknown format, neither or both of ``weights`` and ``synthetic``, ``synthetic``
+            without ``shape_images``).
         ModelNotFoundError: the weights file does not exist.
         WeightsMismatchError: the weights file is unreadable, or its names or shapes do not fit ``spec``.
         ConversionError: Paddle failed to save the model (or the child process failed).
     """
     _check_options(spec, weights=weights, synthetic=synthetic, fmt=fmt)
+    if synthetic and shape_images is None:
+        raise _no_shape_images(spec)
     weights = Path(weights) if weights is not None else None
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    shape_set = None
-    if synthetic:
-        from ppdeploy.samples import array_set, builtin_set
-
-        shape = (builtin_set("shape", SHAPE_IMAGES) if shape_images is None
-                 else array_set(list(shape_images), "shape", f"{len(shape_images)} images passed to export_model"))
-        shape_images, shape_set = shape.images, shape.record()
+    photos = list(shape_images.images) if synthetic else None
+    shape_set = shape_images.record() if synthetic else None
     with staging_dir(out_dir) as staging:
         if fmt == native_format():
-            export_into(spec, staging, weights=weights, fmt=fmt, seed=seed, shape_images=shape_images)
+            export_into(spec, staging, weights=weights, fmt=fmt, seed=seed, shape_images=photos)
         else:
-            _export_in_child(spec, staging, weights=weights, fmt=fmt, seed=seed, shape_images=shape_images)
+            _export_in_child(spec, staging, weights=weights, fmt=fmt, seed=seed, shape_images=photos)
         write_deploy_yaml(spec, staging)
         record = {"model": spec.name, "synthetic": weights is None, "seed": seed if weights is None else None,
                   "format": fmt, "weights": str(weights.resolve()) if weights else None,
@@ -122,13 +123,23 @@ def _check_options(spec: ModelSpec, *, weights: str | os.PathLike | None, synthe
                                           f"give the path of a {spec.name} .pdparams file"))
 
 
+def _no_shape_images(spec: ModelSpec) -> DeployError:
+    return DeployError(one_line(f"export {spec.name}", "synthetic weights without shape images",
+                                "pass shape_images=ppdeploy.models.resolve.default_shape_set() or your own "
+                                "ImageSet of photos"))
+
+
 def export_into(spec: ModelSpec, directory: Path, *, weights: Path | None = None, fmt: str = "json", seed: int = 0,
                 shape_images: Sequence[np.ndarray] | None = None) -> None:
     """Build, fill and save the model into the existing folder ``directory``, in this process.
 
-    ``weights=None`` means synthetic weights. ``fmt`` must match this process's Paddle mode (see module doc).
+    ``weights=None`` means synthetic weights, shaped by ``shape_images`` (RGB ``uint8`` photos, then required).
+    ``fmt`` must match this process's Paddle mode (see module doc).
     """
     import paddle
+
+    if weights is None and shape_images is None:
+        raise _no_shape_images(spec)
 
     from ppdeploy.models.resnet import build_resnet
 
@@ -138,72 +149,8 @@ def export_into(spec: ModelSpec, directory: Path, *, weights: Path | None = None
         if weights is not None:
             load_weights(net, spec, weights)
         else:
-            synthesize_weights(net, _shape_batch(spec, shape_images), seed=seed)
+            synthesize_from_images(net, spec, shape_images, seed=seed)
         save_inference(net, spec, directory, fmt)
-
-
-# --- weights ----------------------------------------------------------------------------------------------------
-
-
-def load_weights(net: paddle.nn.Layer, spec: ModelSpec, path: Path) -> None:
-    """Load a PaddleClas ``.pdparams`` into ``net``, refusing any missing, unexpected or reshaped entry.
-
-    ``paddle.load`` unpickles the file: only call this on a path the user gave.
-
-    Raises:
-        WeightsMismatchError: the file is not a state dict, or does not fit ``spec`` (first mismatches listed).
-    """
-    import paddle
-
-    try:
-        state = paddle.load(str(path))
-    except Exception as exc:  # paddle raises bare ValueError/RuntimeError/UnpicklingError variants
-        raise WeightsMismatchError(one_line(f"weights '{path}'", f"not a Paddle state dict ({first_line(exc)})",
-                                            f"pass a PaddleClas {spec.name} .pdparams file")) from exc
-    if not isinstance(state, dict):
-        raise WeightsMismatchError(one_line(f"weights '{path}'", f"holds a {type(state).__name__}, not a state dict",
-                                            f"pass a PaddleClas {spec.name} .pdparams file"))
-    expected = {name: tuple(value.shape) for name, value in net.state_dict().items()}
-    problems = weights_mismatches(expected, state)
-    if problems:
-        raise WeightsMismatchError(one_line(f"weights '{path}'", f"do not fit {spec.name}: " + "; ".join(problems),
-                                            f"pass the .pdparams of {spec.name} (PaddleClas names), or pick the "
-                                            "zoo model these weights belong to"))
-    net.set_state_dict({name: state[name] for name in expected})
-
-
-def weights_mismatches(expected: dict[str, tuple[int, ...]], state: dict[str, Any], *, first: int = 3) -> list[str]:
-    """Human-readable differences between an architecture's state-dict shapes and a loaded state dict.
-
-    Returns:
-        Up to three entries (missing, unexpected, shape), each naming its count and first few names; empty when
-        the two match.
-    """
-    missing = [name for name in expected if name not in state]
-    unexpected = [name for name in state if name not in expected]
-    shapes = [f"{name} {list(_shape(state[name]))} vs {list(shape)}" for name, shape in expected.items()
-              if name in state and _shape(state[name]) != shape]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs model)", shapes)):
-        if items:
-            more = f", +{len(items) - first} more" if len(items) > first else ""
-            problems.append(f"{len(items)} {label}: {', '.join(items[:first])}{more}")
-    return problems
-
-
-def _shape(value: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in getattr(value, "shape", np.shape(value)))
-
-
-def _shape_batch(spec: ModelSpec, images: Sequence[np.ndarray] | None) -> np.ndarray:
-    """The preprocessed photos synthetic weights are shaped by (default: the built-in shape set)."""
-    from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
-
-    if images is None:
-        from ppdeploy.samples import builtin_set
-
-        images = builtin_set("shape", SHAPE_IMAGES).images
-    return preprocess_batch(list(images), PreprocessConfig.from_spec(spec))
 
 
 # --- saving -----------------------------------------------------------------------------------------------------
@@ -243,11 +190,9 @@ def write_deploy_yaml(spec: ModelSpec, directory: Path) -> Path:
     """``inference_cls.yaml`` in PaddleClas's deploy layout: the model's preprocessing and a top-5 head."""
     import yaml
 
-    from ppdeploy.preprocess import PreprocessConfig
-
     document = {
         "Global": {"inference_model_dir": ".", "batch_size": 1, "use_gpu": False},
-        "PreProcess": {"transform_ops": PreprocessConfig.from_spec(spec).to_yaml_ops()},
+        "PreProcess": {"transform_ops": spec.preprocess_config().to_yaml_ops()},
         "PostProcess": {"name": "Topk", "topk": 5},
     }
     text = yaml.dump(document, Dumper=_deploy_dumper(), sort_keys=False)
@@ -309,7 +254,7 @@ def _export_in_child(spec: ModelSpec, directory: Path, *, weights: Path | None, 
                      shape_images: Sequence[np.ndarray] | None) -> None:
     """Run :func:`export_into` in ``python -m ppdeploy.models.export --into``, with the PIR flag ``fmt`` needs.
 
-    The child gets the spec itself (not just its name) and the calibration photos through a scratch folder.
+    The child gets the spec itself (not just its name) and the shape photos through a scratch folder.
 
     Raises:
         DeployError: the child's own error (same class and message), or ConversionError if it died otherwise.
@@ -322,9 +267,9 @@ def _export_in_child(spec: ModelSpec, directory: Path, *, weights: Path | None, 
                    "--seed", str(seed), "--into", "--spec-json", str(spec_file)]
         command += ["--weights", str(weights)] if weights is not None else ["--synthetic"]
         if shape_images is not None:
-            calib_file = Path(scratch) / "calib.npz"
-            np.savez(calib_file, *[np.asarray(image) for image in shape_images])
-            command += ["--calib", str(calib_file)]
+            shape_file = Path(scratch) / "shape.npz"
+            np.savez(shape_file, *[np.asarray(image) for image in shape_images])
+            command += ["--shape-npz", str(shape_file)]
         result = subprocess.run(command, check=False, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise _child_error(spec, fmt, result)
@@ -371,17 +316,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fmt", choices=FORMATS, default="json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--into", action="store_true", help=argparse.SUPPRESS)  # write model files into out_dir
-    parser.add_argument("--calib", help=argparse.SUPPRESS)  # .npz of calibration photos
+    parser.add_argument("--shape-npz", help=argparse.SUPPRESS)  # .npz of the photos that shape synthetic weights
     parser.add_argument("--spec-json", help=argparse.SUPPRESS)  # the ModelSpec itself, for specs not in the zoo
     args = parser.parse_args(argv)
     try:
         spec = _spec_from_json(args.spec_json) if args.spec_json else get_model(args.model)
         if args.into:
             export_into(spec, args.out_dir, weights=args.weights, fmt=args.fmt, seed=args.seed,
-                        shape_images=_load_shape(args.calib))
+                        shape_images=_load_shape(args.shape_npz))
         else:
+            # Run by hand, this is a command like ``deploy export``: it picks the same default shape photos.
+            from ppdeploy.models.resolve import default_shape_set
+
             export_model(spec, args.out_dir, weights=args.weights, synthetic=args.synthetic, fmt=args.fmt,
-                         seed=args.seed)
+                         seed=args.seed, shape_images=default_shape_set() if args.synthetic else None)
     except DeployError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)  # the last line: the parent re-raises it
         return 1

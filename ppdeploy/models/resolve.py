@@ -6,12 +6,16 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ppdeploy.errors import DeployError, ModelNotFoundError, one_line
 from ppdeploy.fsutil import cache_home, file_lock, sha256_file
 from ppdeploy.models.fetch import fetch_model
 from ppdeploy.models.paddle_files import PaddleModel, find_paddle_model
 from ppdeploy.models.zoo import MODELS, ModelSpec, get_model
+
+if TYPE_CHECKING:
+    from ppdeploy.samples import ImageSet
 
 FORMATS = ("json", "pdmodel")
 # Files that may name the zoo entry a folder was made from: ours (export, fetch) first.
@@ -147,6 +151,17 @@ def spec_for_directory(directory: Path, record: dict | None = None) -> ModelSpec
     return None
 
 
+def default_shape_set() -> ImageSet:
+    """The photos synthetic weights are shaped by unless the caller picks others: the built-in ``shape`` set.
+
+    Part of what a synthetic export's cache key stands for, with the recipe: change it only with the recipe.
+    """
+    from ppdeploy.models.synthetic import SHAPE_IMAGES
+    from ppdeploy.samples import builtin_set
+
+    return builtin_set("shape", SHAPE_IMAGES)
+
+
 def warn_synthetic() -> None:
     """Say once per process, on stderr, that synthetic weights give meaningless predictions."""
     global _warned_synthetic
@@ -190,7 +205,8 @@ def _export_cached(spec: ModelSpec, key: str, *, fmt: str, synthetic: bool = Fal
             return existing
         from ppdeploy.models.export import export_model
 
-        export_model(spec, out_dir, weights=weights, synthetic=synthetic, fmt=fmt)
+        export_model(spec, out_dir, weights=weights, synthetic=synthetic, fmt=fmt,
+                     shape_images=default_shape_set() if synthetic else None)
     return find_paddle_model(out_dir)
 
 

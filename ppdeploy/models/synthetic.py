@@ -1,7 +1,8 @@
 """Seeded synthetic weights that behave like a trained ResNet's on photos they have never seen.
 
 Recipe ``r3`` (part of every synthetic export's cache key; bump :data:`SYNTHETIC_RECIPE` whenever the weights
-change), fed with the built-in ``shape`` photos (``ppdeploy.samples``), which never judge anything:
+change), fed with the shape photos its caller passes in (``deploy export`` and ``resolve_model`` pass the built-in
+``shape`` set of ``ppdeploy.samples``, which never judges anything):
 
 1. He-normal convolutions, BatchNorm scales near 1 and shifts near 0, from ``numpy`` seeded with ``seed``;
 2. the last BatchNorm of every residual branch scaled by :data:`RESIDUAL_GAIN` (see
@@ -21,6 +22,7 @@ as small as int8's rounding noise, and their 1000 near-equal logits make every v
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,11 +32,31 @@ from ppdeploy.errors import DeployError, one_line
 if TYPE_CHECKING:
     import paddle
 
+    from ppdeploy.models.zoo import ModelSpec
+
 SYNTHETIC_RECIPE = "r3"  # bump when the synthetic weights change: it is part of their cache key
 SHAPE_IMAGES = 64  # shape photos whose statistics set the BatchNorm buffers and the classifier's basis
 TARGET_MEDIAN_TOP1 = 0.5  # median top-1 probability the classifier is scaled to, on the shape photos
 RESIDUAL_GAIN = 0.05  # scale of each residual branch's last BatchNorm; see damp_residual_branches
 CLASSIFIER_RANK = 16  # principal directions of the features the classes read
+
+
+def synthesize_from_images(net: paddle.nn.Layer, spec: ModelSpec, images: Sequence[np.ndarray], *,
+                           seed: int = 0) -> dict[str, float]:
+    """Fill ``net``, built from ``spec``, with seeded random weights shaped by ``images``.
+
+    Args:
+        net: the network to fill.
+        spec: its zoo entry; its preprocessing is applied to ``images``.
+        images: RGB ``uint8`` shape photos (at least 2), which should never judge the model afterwards.
+        seed: the same seed and photos give the same weights.
+
+    Returns:
+        What :func:`synthesize_weights` measured.
+    """
+    from ppdeploy.preprocess import preprocess_batch
+
+    return synthesize_weights(net, preprocess_batch(list(images), spec.preprocess_config()), seed=seed)
 
 
 def synthesize_weights(net: paddle.nn.Layer, batch: np.ndarray, *, seed: int = 0) -> dict[str, float]:

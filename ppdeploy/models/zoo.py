@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from ppdeploy.errors import ModelNotFoundError, one_line
+
+if TYPE_CHECKING:
+    from ppdeploy.preprocess import PreprocessConfig
 
 DEFAULT_BASE_URL = "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/inference"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,6 +60,13 @@ class ModelSpec:
     def archive_url(self) -> str:
         base = os.environ.get("PPDEPLOY_MODEL_BASE_URL", DEFAULT_BASE_URL).rstrip("/")
         return f"{base}/{self.archive_name}"
+
+    def preprocess_config(self) -> PreprocessConfig:
+        """The preprocessing this model was trained and exported with."""
+        from ppdeploy.preprocess import PreprocessConfig
+
+        return PreprocessConfig(resize_short=self.resize_short, crop_size=self.input_size, mean=tuple(self.mean),
+                                std=tuple(self.std), scale=self.scale)
 
     def to_dict(self) -> dict:
         data = asdict(self)

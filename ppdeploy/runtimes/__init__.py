@@ -1,9 +1,5 @@
-"""Backends behind one Runtime interface. Importing this package registers every backend (no heavy imports)."""
+"""Backends behind one Runtime interface. Each module registers its ``Backend`` record (``ppdeploy.registry``)."""
 
-import ppdeploy.runtimes.ort  # noqa: F401  (each module registers its backend)
-import ppdeploy.runtimes.ov  # noqa: F401
-import ppdeploy.runtimes.paddle_infer  # noqa: F401
-import ppdeploy.runtimes.trt  # noqa: F401
-from ppdeploy.runtimes.base import RUNTIMES, Runtime, TensorSpec, register_runtime
+from ppdeploy.runtimes.base import Runtime, TensorSpec
 
-__all__ = ["RUNTIMES", "Runtime", "TensorSpec", "register_runtime"]
+__all__ = ["Runtime", "TensorSpec"]

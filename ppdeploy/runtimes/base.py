@@ -1,8 +1,8 @@
-"""The Runtime contract every backend implements, and the registry that lists them."""
+"""The Runtime contract every backend implements; each runtime module registers a ``Backend`` record for it
+(``ppdeploy.registry``)."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -10,6 +10,7 @@ from typing import ClassVar
 import numpy as np
 
 from ppdeploy.errors import BackendUnavailableError, InputSpecError, one_line
+from ppdeploy.registry import Backend, get_backend
 
 
 @dataclass(frozen=True)
@@ -33,23 +34,20 @@ class TensorSpec:
 class Runtime:
     """Loads one artifact directory and runs batches on it.
 
-    Subclasses set ``name``, ``requires`` (import names) and ``extra`` (pip extra or package to install),
+    Subclasses set ``name`` (their ``Backend`` record's name: packages, extra and devices are declared there)
     and implement ``_load`` and ``_infer``. Use as a context manager, or call ``close()``.
     """
 
     name: ClassVar[str] = ""
-    requires: ClassVar[tuple[str, ...]] = ()
-    install_hint: ClassVar[str] = ""
-    needs_gpu: ClassVar[bool] = False
-    devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
     def __init__(self, artifact_dir: str | Path, *, device: str = "cpu", threads: int | None = None) -> None:
         ok, reason = self.availability()
         if not ok:
             raise BackendUnavailableError(one_line(f"backend '{self.name}'", reason))
-        if device not in self.devices:
+        devices = self.record().devices
+        if device not in devices:
             raise BackendUnavailableError(one_line(f"backend '{self.name}'", f"no device '{device}'",
-                                                   "choose one of: " + ", ".join(self.devices)))
+                                                   "choose one of: " + ", ".join(devices)))
         self.artifact_dir = Path(artifact_dir)
         self.device = device
         self.threads = threads
@@ -59,12 +57,14 @@ class Runtime:
         self._load()
 
     @classmethod
+    def record(cls) -> Backend:
+        """This backend's registry record."""
+        return get_backend(cls.name)
+
+    @classmethod
     def availability(cls) -> tuple[bool, str]:
         """(available, reason) without importing the backend."""
-        missing = [mod for mod in cls.requires if importlib.util.find_spec(mod) is None]
-        if missing:
-            return False, f"package {', '.join(missing)} is not installed | install it: {cls.install_hint}"
-        return True, ""
+        return cls.record().availability()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Run one float32 NCHW batch and return the model's first output (probabilities)."""
@@ -88,12 +88,3 @@ class Runtime:
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
-
-
-RUNTIMES: dict[str, type[Runtime]] = {}
-
-
-def register_runtime(cls: type[Runtime]) -> type[Runtime]:
-    """Class decorator: add a backend under its ``name``."""
-    RUNTIMES[cls.name] = cls
-    return cls

@@ -10,7 +10,8 @@ import numpy as np
 from ppdeploy.artifacts import artifact_model_file, load_manifest
 from ppdeploy.errors import ArtifactError, BackendUnavailableError, one_line
 from ppdeploy.fsutil import cache_home
-from ppdeploy.runtimes.base import Runtime, TensorSpec, register_runtime
+from ppdeploy.registry import Backend, register_backend
+from ppdeploy.runtimes.base import Runtime, TensorSpec
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
@@ -21,7 +22,6 @@ _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor
                "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
 
 
-@register_runtime
 class OrtRuntime(Runtime):
     """ONNX Runtime session over an artifact's ``model.onnx``.
 
@@ -31,9 +31,6 @@ class OrtRuntime(Runtime):
     """
 
     name = "onnx"
-    requires = ("onnxruntime",)
-    install_hint = "pip install onnxruntime (CPU) or onnxruntime-gpu (GPU), never both"
-    devices = ("cpu", "gpu")
 
     def _load(self) -> None:
         import onnxruntime as ort
@@ -111,3 +108,32 @@ def _trt_options(manifest: dict[str, Any]) -> dict[str, Any]:
 def _spec(arg) -> TensorSpec:
     shape = tuple(dim if isinstance(dim, int) and dim > 0 else None for dim in arg.shape)
     return TensorSpec(arg.name, shape, _ORT_DTYPES.get(arg.type, arg.type))
+
+
+def precision_probe() -> str:
+    """``deploy doctor``: the execution providers this onnxruntime build has."""
+    import onnxruntime as ort
+
+    return "providers: " + ", ".join(ort.get_available_providers()) + " (fp32 unless the ONNX is fp16/int8)"
+
+
+def raw_call(runtime: OrtRuntime, artifact_dir: str, threads: int):
+    """A second InferenceSession with the wrapper's options, called through ``session.run`` (bench overhead)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(artifact_model_file(artifact_dir)), sess_options=options,
+                                   providers=[CPU_EP])
+    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    return "onnxruntime InferenceSession.run", lambda batch: session.run([output_name], {input_name: batch})[0]
+
+
+BACKEND = register_backend(Backend(
+    name="onnx", runtime=OrtRuntime, imports=("onnxruntime",), extra="onnx",
+    distributions=("onnxruntime", "onnxruntime-gpu"), exclusive=True, devices=("cpu", "gpu"), default_target="onnx",
+    aliases=("onnxruntime", "ort"), auto={"cpu": (20, "onnx"), "gpu": (20, "onnx")},
+    precision_probe=precision_probe, raw_call=raw_call,
+    fix_mixed="keep one: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (GPU), or "
+              "... && pip install 'ppdeploy[onnx]' (CPU)"))

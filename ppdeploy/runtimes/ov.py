@@ -14,8 +14,16 @@ from typing import Any
 import numpy as np
 
 from ppdeploy.artifacts import artifact_model_file, load_manifest
-from ppdeploy.errors import ArtifactError, BackendUnavailableError, InputSpecError, one_line
-from ppdeploy.runtimes.base import Runtime, TensorSpec, register_runtime
+from ppdeploy.errors import (
+    OPENVINO_LOCATION_LINES,
+    ArtifactError,
+    BackendUnavailableError,
+    InputSpecError,
+    first_line,
+    one_line,
+)
+from ppdeploy.registry import Backend, Variant, register_backend
+from ppdeploy.runtimes.base import Runtime, TensorSpec
 
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "auto": "AUTO"}
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
@@ -28,7 +36,6 @@ _MANTISSA_BITS = {"bf16": 8, "f16": 11, "f32": 24}
 _DEFAULT_FOR_ARTIFACT = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
 
 
-@register_runtime
 class OpenVinoRuntime(Runtime):
     """OpenVINO compiled model over an artifact's ``model.xml``/``model.bin``, with one reused infer request.
 
@@ -42,9 +49,6 @@ class OpenVinoRuntime(Runtime):
     """
 
     name = "openvino"
-    requires = ("openvino",)
-    install_hint = "pip install openvino"
-    devices = ("cpu", "gpu", "auto")
 
     def __init__(self, artifact_dir: str | Path, *, device: str = "cpu", threads: int | None = None,
                  performance_hint: str = "LATENCY", precision_override: str | None = None) -> None:
@@ -78,7 +82,8 @@ class OpenVinoRuntime(Runtime):
         try:
             compiled = core.compile_model(model, ov_device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line C++ text
-            raise ArtifactError(one_line(str(xml), f"OpenVINO cannot compile it on {ov_device} ({first_line(exc)})",
+            reason = first_line(exc, skip=OPENVINO_LOCATION_LINES)
+            raise ArtifactError(one_line(str(xml), f"OpenVINO cannot compile it on {ov_device} ({reason})",
                                          _reconvert_fix(xml, manifest))) from exc
         return compiled, compiled_precision(compiled)
 
@@ -222,15 +227,9 @@ def read_ir(core, xml: Path, manifest: dict[str, Any] | None = None):
     try:
         return core.read_model(str(xml), str(xml.with_suffix(".bin")))
     except Exception as exc:
-        raise ArtifactError(one_line(str(xml), f"not a readable OpenVINO IR ({first_line(exc)})",
+        reason = first_line(exc, skip=OPENVINO_LOCATION_LINES)
+        raise ArtifactError(one_line(str(xml), f"not a readable OpenVINO IR ({reason})",
                                      _reconvert_fix(xml, manifest or {}))) from exc
-
-
-def first_line(exc: BaseException) -> str:
-    """The first meaningful line of an OpenVINO/NNCF error (their C++ messages span many lines)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = next((line for line in lines if not line.startswith(("Exception from", "Check "))), None)
-    return (text or (lines[0] if lines else type(exc).__name__))[:300]
 
 
 def _reconvert_fix(xml: Path, manifest: dict[str, Any]) -> str:
@@ -249,3 +248,54 @@ def _check_performance_hint(value: str) -> str:
 def _spec(port) -> TensorSpec:
     shape = tuple(dim.get_length() if dim.is_static else None for dim in port.get_partial_shape())
     return TensorSpec(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()).name)
+
+
+# --------------------------------------------------------------------------- registry record
+
+
+def precision_probe() -> str:
+    """``deploy doctor``: OpenVINO's own default compute precision on this CPU, and what ppdeploy asks for."""
+    import openvino as ov
+
+    core = ov.Core()
+    default = _type_name(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    return (f"default inference precision on CPU is {default}; ppdeploy pins f32 for fp32 IR "
+            f"(capabilities: {', '.join(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))})")
+
+
+def raw_call(runtime: OpenVinoRuntime, artifact_dir: str, threads: int):
+    """The same IR compiled with the same properties, called through one InferRequest (bench overhead)."""
+    import openvino as ov
+
+    core = ov.Core()
+    precision = runtime.details.get("inference_precision", "f32")
+    hint = runtime.details.get("performance_hint", "LATENCY")
+    compiled = core.compile_model(core.read_model(str(artifact_model_file(artifact_dir))), "CPU",
+                                  compile_config(precision, threads, hint, "CPU"))
+    request = compiled.create_infer_request()
+
+    def infer(batch: np.ndarray):
+        request.infer({0: batch})
+        return request.get_output_tensor(0).data
+
+    return "openvino InferRequest.infer", infer
+
+
+def bf16_check() -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively (OpenVINO lists BF16 among the CPU's optimization capabilities)."""
+    import openvino as ov
+
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" in capabilities:
+        return True, ""
+    return False, one_line("openvino-bf16", f"this CPU does not compute bf16 (capabilities: {', '.join(capabilities)})",
+                           "run it on a CPU with AVX512_BF16 or AMX")
+
+
+BACKEND = register_backend(Backend(
+    name="openvino", runtime=OpenVinoRuntime, imports=("openvino",), extra="openvino", distributions=("openvino",),
+    devices=("cpu", "gpu", "auto"), default_target="openvino", aliases=("ov",), auto={"cpu": (10, "openvino")},
+    precision_probe=precision_probe, raw_call=raw_call,
+    variants=(Variant("openvino-bf16", "openvino", {"precision_override": "bf16"}, "bf16",
+                      "the fp32 IR computed in bf16 (OpenVINO's own default on CPUs with AVX512_BF16/AMX)",
+                      check=bf16_check),)))

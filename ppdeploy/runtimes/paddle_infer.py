@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ppdeploy.errors import ArtifactError, BackendUnavailableError, one_line
+from ppdeploy.errors import ArtifactError, BackendUnavailableError, first_line, one_line
 from ppdeploy.models.paddle_files import PaddleModel, find_paddle_model
-from ppdeploy.runtimes.base import Runtime, TensorSpec, register_runtime
+from ppdeploy.registry import Backend, register_backend
+from ppdeploy.runtimes.base import Runtime, TensorSpec
 
 GPU_HINT = ("install paddlepaddle-gpu on a CUDA machine (PyPI has 2.6.2 for CUDA 11.8, which reads .pdmodel "
             "only; Paddle 3 GPU wheels come from paddlepaddle.org.cn)")
@@ -19,7 +20,6 @@ GPU_HINT = ("install paddlepaddle-gpu on a CUDA machine (PyPI has 2.6.2 for CUDA
 _PARAMS_ERROR = re.compile(r"param|tensor desc|load_combine|pdiparams", re.IGNORECASE)
 
 
-@register_runtime
 class PaddleRuntime(Runtime):
     """Paddle Inference predictor over a Paddle model folder (``inference.json`` or ``.pdmodel``).
 
@@ -28,9 +28,6 @@ class PaddleRuntime(Runtime):
     """
 
     name = "paddle"
-    requires = ("paddle",)
-    install_hint = "pip install paddlepaddle"
-    devices = ("cpu", "gpu")
 
     def _load(self) -> None:
         import paddle.inference as pi
@@ -82,17 +79,11 @@ def _create_predictor(pi, config, model: PaddleModel):
     try:
         return pi.create_predictor(config)
     except Exception as exc:  # Paddle's C++ enforce errors arrive as RuntimeError/ValueError
-        reason = _first_line(exc)
+        reason = first_line(exc)
         culprit = model.params_file if _PARAMS_ERROR.search(str(exc)) else model.model_file
         raise ArtifactError(one_line(str(culprit), f"Paddle cannot load the model ({reason})",
                                      "the file looks truncated or damaged: export or download the model again"
                                      )) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines()]
-    lines = [line for line in lines if line and not set(line) <= set("-=") and "Traceback" not in line]
-    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def _spec(name: str, handle, shapes: dict[str, tuple[int | None, ...]], rank: int) -> TensorSpec:
@@ -129,3 +120,23 @@ def _pdmodel_shapes(path: Path) -> dict[str, list[int]]:
     names = [arg for op in block.ops if op.type == "feed" for out in op.outputs for arg in out.arguments]
     names += [arg for op in block.ops if op.type == "fetch" for inp in op.inputs for arg in inp.arguments]
     return {name: list(tensors[name].dims) for name in names if name in tensors}
+
+
+def precision_probe() -> str:
+    """``deploy doctor``: what Paddle Inference computes in here."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # paddle warns about ccache at import: noise for a doctor report
+        import paddle
+
+    cuda = paddle.device.is_compiled_with_cuda()
+    return f"fp32 with oneDNN on CPU; compiled with CUDA: {'yes' if cuda else 'no'}"
+
+
+BACKEND = register_backend(Backend(
+    name="paddle", runtime=PaddleRuntime, imports=("paddle",), extra="paddle",
+    distributions=("paddlepaddle", "paddlepaddle-gpu"), exclusive=True, devices=("cpu", "gpu"),
+    auto={"cpu": (90, "paddle"), "gpu": (90, "paddle")}, precision_probe=precision_probe,
+    fix_mixed="pip uninstall -y paddlepaddle paddlepaddle-gpu, then install one: 'ppdeploy[paddle]' (CPU) or "
+              "paddlepaddle-gpu from paddlepaddle.org.cn (GPU)"))

@@ -8,9 +8,6 @@ module imports on any machine. Not run in CI: there is no GPU there (tests/conve
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +15,20 @@ import numpy as np
 
 from ppdeploy.artifacts import artifact_model_file, check_compatible, load_manifest
 from ppdeploy.errors import ArtifactError, BackendUnavailableError, InputSpecError, one_line
-from ppdeploy.runtimes.base import Runtime, TensorSpec, register_runtime
+from ppdeploy.gpu import (
+    NO_GPU,
+    NO_GPU_FIX,
+    cuda_runtime,
+    current_gpu,
+    gpu_check,
+    import_tensorrt,
+    tensorrt_version,
+    trt_logger,
+)
+from ppdeploy.registry import Backend, register_backend
+from ppdeploy.runtimes.base import Runtime, TensorSpec
 
-INSTALL_HINT = "pip install 'ppdeploy[gpu]' on a machine with an NVIDIA GPU"
-NO_GPU = "no CUDA GPU"
-NO_GPU_FIX = "install the NVIDIA driver on a machine with a GPU, or use the onnx or openvino backend here"
-SUPPORTED_MAJORS = (10, 11)
 
-
-@register_runtime
 class TensorRtRuntime(Runtime):
     """A deserialized TensorRT engine with one execution context, device buffers and a non-default stream.
 
@@ -34,24 +36,10 @@ class TensorRtRuntime(Runtime):
     """
 
     name = "tensorrt"
-    requires = ("tensorrt",)
-    install_hint = INSTALL_HINT
-    needs_gpu = True
-    devices = ("gpu",)
 
     def __init__(self, artifact_dir: str | Path, *, device: str = "gpu", threads: int | None = None) -> None:
         self._runner: EngineRunner | None = None
         super().__init__(artifact_dir, device=device, threads=threads)
-
-    @classmethod
-    def availability(cls) -> tuple[bool, str]:
-        """The package check, then a cheap device check (no CUDA context is created)."""
-        ok, reason = super().availability()
-        if not ok:
-            return ok, reason
-        if not gpu_present():
-            return False, one_line(NO_GPU, NO_GPU_FIX)
-        return True, ""
 
     def _load(self) -> None:
         manifest = load_manifest(self.artifact_dir)
@@ -77,82 +65,6 @@ class TensorRtRuntime(Runtime):
         super().close()
 
 
-# --------------------------------------------------------------------------- device queries
-
-
-def cuda_runtime():
-    """cuda-python's runtime module (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6), else ``None``."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            return None
-    return cudart
-
-
-def gpu_present() -> bool:
-    """Whether a CUDA device is visible: cuda-python's device count when installed, else the driver's files."""
-    cudart = cuda_runtime()
-    if cudart is not None:
-        err, count = cudart.cudaGetDeviceCount()
-        return err == cudart.cudaError_t.cudaSuccess and count > 0
-    return Path("/dev/nvidia0").exists() or Path("/dev/dxg").exists() or shutil.which("nvidia-smi") is not None
-
-
-def current_gpu(device: int = 0) -> dict[str, str]:
-    """``{"name": ..., "compute_capability": "8.6"}`` of CUDA device ``device``.
-
-    Raises:
-        BackendUnavailableError: no CUDA device, or neither cuda-python nor torch to ask.
-    """
-    cudart = cuda_runtime()
-    if cudart is not None:
-        err, props = cudart.cudaGetDeviceProperties(device)
-        if err != cudart.cudaError_t.cudaSuccess:
-            raise BackendUnavailableError(one_line(NO_GPU, f"cudaGetDeviceProperties: {err}", NO_GPU_FIX))
-        name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-        return {"name": name.split("\x00")[0].strip(), "compute_capability": f"{props.major}.{props.minor}"}
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BackendUnavailableError(one_line(NO_GPU, "torch sees no CUDA device", NO_GPU_FIX))
-        major, minor = torch.cuda.get_device_capability(device)
-        return {"name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
-    raise BackendUnavailableError(one_line("TensorRT backend", "neither cuda-python nor torch is installed",
-                                           INSTALL_HINT))
-
-
-def import_tensorrt():
-    """``import tensorrt``, checked to be a supported major version."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailableError(one_line("backend 'tensorrt'", f"cannot import tensorrt ({exc})",
-                                               INSTALL_HINT)) from exc
-    major = int(trt.__version__.split(".")[0])
-    if major not in SUPPORTED_MAJORS:
-        raise BackendUnavailableError(one_line("backend 'tensorrt'", f"TensorRT {trt.__version__} is not supported",
-                                               "install TensorRT 10.x or 11.x: " + INSTALL_HINT))
-    return trt
-
-
-def tensorrt_version() -> str:
-    return import_tensorrt().__version__
-
-
-def trt_logger(trt):
-    """One process-wide logger (TensorRT keeps a pointer to it for the lifetime of its objects)."""
-    global _LOGGER
-    if _LOGGER is None:
-        verbose = os.environ.get("PPDEPLOY_TRT_VERBOSE") == "1"
-        _LOGGER = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
-    return _LOGGER
-
-
-_LOGGER = None
 
 
 # --------------------------------------------------------------------------- device memory
@@ -306,3 +218,9 @@ class EngineRunner:
         self.context = None
         self.engine = None
         self.memory.close()
+
+
+BACKEND = register_backend(Backend(
+    name="tensorrt", runtime=TensorRtRuntime, imports=("tensorrt",), extra="gpu",
+    distributions=("tensorrt", "tensorrt-cu13", "tensorrt-cu12"), devices=("gpu",), default_target="trt-fp32",
+    aliases=("trt",), auto={"gpu": (10, "trt-fp16")}, check=gpu_check))

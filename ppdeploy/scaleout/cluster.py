@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ppdeploy.errors import BackendUnavailableError, DeployError, first_line, one_line
-
-INSTALL_HINT = "pip install 'ppdeploy[ray]'"
+from ppdeploy.errors import DeployError, first_line, one_line
 
 
 def require_ray(*extras: str) -> None:
@@ -18,13 +15,9 @@ def require_ray(*extras: str) -> None:
     Raises:
         BackendUnavailableError: ``ray`` or e.g. ``ray.serve`` cannot be imported.
     """
-    for name in ("ray", *(f"ray.{extra}" for extra in extras)):
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            raise BackendUnavailableError(one_line("--engine ray", f"'{name}' is not installed", INSTALL_HINT))
+    from ppdeploy.registry import require
+
+    require("--engine ray", ("ray", *(f"ray.{extra}" for extra in extras)), "ray")
 
 
 @dataclass(frozen=True)

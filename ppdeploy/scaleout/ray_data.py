@@ -46,10 +46,10 @@ def classify_on_ray(images: Any, config: ModelConfig, *, actors: int = 1, actor_
         BackendUnavailableError: Ray is not installed.
         ImageError: a path that does not exist, or a folder or glob with no image files.
     """
-    from ppdeploy.classifier import _expand
+    from ppdeploy.classifier import expand_inputs
 
     require_ray("data")
-    paths = [str(path) for path in _expand(images)]
+    paths = [str(path) for path in expand_inputs(images)]
     config.check(log)
     started = connect(address)
     try:

@@ -402,15 +402,15 @@ async def _preprocess_all(uploads: list[tuple[str, bytes]], state: _State) -> li
 
 def _load_upload(name: str, data: bytes, state: _State) -> Any:
     """Decode and preprocess one upload exactly as ``deploy run`` treats a file (errors become the item's error)."""
-    from ppdeploy.classifier import _Item, _load
+    from ppdeploy.classifier import InputItem, load_input
     from ppdeploy.errors import ImageError
     from ppdeploy.images import decode_image_bytes
 
     try:
         image = decode_image_bytes(data, name, max_pixels=state.settings.max_pixels)
     except ImageError as exc:
-        return _Item(name, error=str(exc))
-    return _load((name, image), state.model.preprocess)
+        return InputItem(name, error=str(exc))
+    return load_input((name, image), state.model.preprocess)
 
 
 def _too_large(settings: ServeSettings) -> _Refusal:

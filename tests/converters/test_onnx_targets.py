@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from ppdeploy.artifacts import load_manifest
-from ppdeploy.converters import paddle_to_onnx
-from ppdeploy.converters.paddle_to_onnx import MODEL_FILE
+from ppdeploy.converters import onnx_graph, paddle_to_onnx
 from ppdeploy.converters.base import ConvertOptions
+from ppdeploy.converters.onnx_graph import MODEL_FILE
 from ppdeploy.converters.pipeline import convert_model, default_options
 from ppdeploy.errors import ConversionError
 from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
@@ -53,7 +53,7 @@ def case(fmt, synthetic_model, photos, tmp_path_factory):
     artifacts = {target: convert_model(model, target, out_dir=root / target,
                                        options=default_options(model, target, val_count=VAL_COUNT))
                  for target in TARGETS}
-    batch = preprocess_batch(photos[0], PreprocessConfig.from_spec(model.spec))
+    batch = preprocess_batch(photos[0], model.spec.preprocess_config())
     with PaddleRuntime(model.paddle.directory) as paddle:
         reference = paddle.infer(batch)
     return {"model": model, "artifacts": artifacts, "batch": batch, "reference": reference, "root": root}
@@ -105,7 +105,7 @@ def test_onnx_is_folded_with_symbolic_batch(case):
     assert manifest["optimize_tool"] == "none" and manifest["opset"] == 17
     assert manifest["paddle_format"] == case["model"].paddle.fmt
     for value in (model.graph.input[0], model.graph.output[0]):
-        assert value.type.tensor_type.shape.dim[0].dim_param == paddle_to_onnx.BATCH_DIM
+        assert value.type.tensor_type.shape.dim[0].dim_param == onnx_graph.BATCH_DIM
     for batch in (1, 3):  # the symbolic batch really is dynamic
         assert _run(case["artifacts"]["onnx"], case["batch"][:batch]).shape == (batch, 1000)
 
@@ -303,7 +303,7 @@ def test_fold_batchnorm_is_exact():
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, 8, 8])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    folded = paddle_to_onnx.fold_batchnorm(model)
+    folded = onnx_graph.fold_batchnorm(model)
     assert [node.op_type for node in folded.graph.node] == ["Conv", "Relu", "BatchNormalization"]
     assert {init.name for init in folded.graph.initializer}.isdisjoint({"w", "b", "scale", "mean"})
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)

@@ -58,7 +58,7 @@ def case(fmt, synthetic_model, photos, tmp_path_factory):
     artifacts = {target: convert_model(model, target, out_dir=root / target,
                                        options=default_options(model, target, val_count=VAL_COUNT))
                  for target in TARGETS}
-    batch = preprocess_batch(photos[0], PreprocessConfig.from_spec(model.spec))
+    batch = preprocess_batch(photos[0], model.spec.preprocess_config())
     with PaddleRuntime(model.paddle.directory) as paddle:
         reference = paddle.infer(batch)
     return {"fmt": fmt, "model": model, "artifacts": artifacts, "batch": batch, "reference": reference}

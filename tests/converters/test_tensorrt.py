@@ -11,9 +11,12 @@ import pytest
 
 from ppdeploy.artifacts import check_compatible, load_manifest, tool_versions
 from ppdeploy.converters import onnx_to_trt
-from ppdeploy.converters.base import TARGETS, ConvertOptions
+from ppdeploy.converters.base import ConvertOptions
 from ppdeploy.errors import ArtifactError, BackendUnavailableError, InputSpecError
-from ppdeploy.runtimes.trt import INSTALL_HINT, TensorRtRuntime
+from ppdeploy.registry import install_hint, targets
+from ppdeploy.runtimes.trt import TensorRtRuntime
+
+INSTALL_HINT = install_hint("gpu")
 
 TRT_TARGETS = ("trt-fp32", "trt-fp16", "trt-int8")
 TRT_AVAILABLE, TRT_REASON = TensorRtRuntime.availability()
@@ -42,10 +45,10 @@ def test_runtime_reports_unavailable_with_the_reason(tmp_path):
 def test_targets_report_unavailable(target):
     import importlib.util
 
-    ok, reason = TARGETS[target].availability()
+    ok, reason = targets()[target].availability()
     if importlib.util.find_spec("tensorrt") is None:
         assert not ok and INSTALL_HINT in reason
-    assert TARGETS[target].needs_gpu
+    assert targets()[target].needs_gpu
 
 
 @pytest.mark.skipif(TRT_AVAILABLE, reason="TensorRT and a CUDA GPU are present")
@@ -53,6 +56,29 @@ def test_converter_refuses_without_tensorrt_or_gpu(tmp_path):
     with pytest.raises(BackendUnavailableError) as err:
         onnx_to_trt.convert(tmp_path / "model.onnx", tmp_path, ConvertOptions(target="trt-fp32"))
     assert INSTALL_HINT in _one_line(err.value) or "no CUDA GPU" in str(err.value)
+
+
+def test_engine_cache_key_names_the_gpu(tmp_path, monkeypatch):
+    """A shared cache must not reuse an engine built on another GPU model: the key holds its name and compute
+    capability (the device query is replaced here because this machine has no GPU; nothing is built)."""
+    from ppdeploy.converters import pipeline
+    from ppdeploy.models.paddle_files import PaddleModel
+
+    (tmp_path / "inference.json").write_text("{}")
+    (tmp_path / "inference.pdiparams").write_bytes(b"weights")
+    model = PaddleModel(tmp_path, tmp_path / "inference.json", tmp_path / "inference.pdiparams", "json")
+    keys = {}
+    for gpu in ({"name": "NVIDIA A10", "compute_capability": "8.6"}, {"name": "NVIDIA T4", "compute_capability": "7.5"}):
+        monkeypatch.setattr("ppdeploy.gpu.current_gpu", lambda gpu=gpu: gpu)
+        keys[gpu["name"]] = pipeline._fingerprint(model, targets()["trt-fp16"], ConvertOptions(), {"artifact_id": "x"})
+    assert keys["NVIDIA A10"]["gpu"]["compute_capability"] == "8.6"
+    assert keys["NVIDIA A10"] != keys["NVIDIA T4"]
+    assert pipeline._fingerprint(model, targets()["onnx"], ConvertOptions(), None)["gpu"] is None  # CPU artifacts
+    artifact = tmp_path / "trt-fp16"
+    artifact.mkdir()
+    (artifact / "model.engine").write_bytes(b"plan")
+    (artifact / "manifest.json").write_text(json.dumps({**keys["NVIDIA A10"], "model_file": "model.engine"}))
+    assert pipeline._is_valid(artifact, keys["NVIDIA A10"]) and not pipeline._is_valid(artifact, keys["NVIDIA T4"])
 
 
 def _engine_manifest(**overrides) -> dict:
@@ -100,13 +126,13 @@ def engines(synthetic_model, photos, tmp_path_factory):
     if not TRT_AVAILABLE:
         pytest.skip(f"TensorRT unavailable: {TRT_REASON}")
     from ppdeploy.converters.pipeline import convert_model
-    from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
+    from ppdeploy.preprocess import preprocess_batch
     from ppdeploy.runtimes.paddle_infer import PaddleRuntime
 
     model = synthetic_model("ResNet18", "json")
     root = tmp_path_factory.mktemp("trt")
     artifacts = {target: convert_model(model, target, out_dir=root / target) for target in TRT_TARGETS}
-    batch = preprocess_batch(photos[0][:8], PreprocessConfig.from_spec(model.spec))
+    batch = preprocess_batch(photos[0][:8], model.spec.preprocess_config())
     with PaddleRuntime(model.paddle.directory) as paddle:
         reference = paddle.infer(batch)
     return {"artifacts": artifacts, "batch": batch, "reference": reference}

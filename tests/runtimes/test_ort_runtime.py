@@ -12,7 +12,8 @@ import pytest
 
 from ppdeploy.converters.pipeline import convert_model
 from ppdeploy.errors import ArtifactError, BackendUnavailableError, InputSpecError
-from ppdeploy.runtimes import RUNTIMES, ort as ort_module
+from ppdeploy.registry import runtime_class
+from ppdeploy.runtimes import ort as ort_module
 from ppdeploy.runtimes.ort import OrtRuntime
 
 ort = pytest.importorskip("onnxruntime")
@@ -32,8 +33,8 @@ def batch(photos):
 
 
 def test_registered():
-    assert RUNTIMES["onnx"] is OrtRuntime
-    assert OrtRuntime.devices == ("cpu", "gpu")
+    assert runtime_class("onnx") is OrtRuntime
+    assert OrtRuntime.record().devices == ("cpu", "gpu")
 
 
 def test_cpu_specs_details_and_dynamic_batch(artifact, batch):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ppdeploy.errors import ArtifactError, BackendUnavailableError, InputSpecError, ModelNotFoundError
-from ppdeploy.runtimes import RUNTIMES
+from ppdeploy.registry import runtime_class
 from ppdeploy.runtimes.paddle_infer import PaddleRuntime
 
 pytest.importorskip("paddle")
@@ -29,8 +29,8 @@ def batch(photos):
 
 
 def test_registered():
-    assert RUNTIMES["paddle"] is PaddleRuntime
-    assert PaddleRuntime.devices == ("cpu", "gpu")
+    assert runtime_class("paddle") is PaddleRuntime
+    assert PaddleRuntime.record().devices == ("cpu", "gpu")
 
 
 def test_specs_details_and_inference(model, batch):
