@@ -106,10 +106,12 @@ def test_run(artifact_dir: str | Path, manifest: dict[str, Any]) -> tuple[int, .
 
     record = get_backend(str(manifest["backend"]))
     where = str(artifact_model_file(artifact_dir, manifest))
-    _, channels, height, width = manifest["input_shape_range"]["max"]
-    batch = np.random.default_rng(0).standard_normal((TEST_BATCH, channels, height, width)).astype(np.float32)
     try:
         with record.runtime(artifact_dir, device=record.devices[0]) as runtime:
+            # The model's own static dims win over the options' input size (a yaml may ask for another crop).
+            wanted = [TEST_BATCH, *manifest["input_shape_range"]["max"][1:]]
+            dims = [want if dim is None else dim for dim, want in zip(runtime.inputs[0].shape, wanted)]
+            batch = np.random.default_rng(0).standard_normal([TEST_BATCH, *dims[1:]]).astype(np.float32)
             result = runtime.infer(batch)
     except DeployError as exc:
         raise ConversionError(one_line(where, f"test run failed ({exc})", "report it with the source model")) from exc

@@ -110,6 +110,8 @@ class Backend:
             own API, for the bench's wrapper-overhead measurement.
         variants: run configurations besides the targets (``openvino-bf16``).
         fix_mixed: the command that repairs a mixed install (``exclusive``).
+        file_suffixes: suffixes of model files made by any tool that this backend runs (``deploy parity --artifact``).
+        inspector: ``"module:function"`` that reads such a file and says what it computes (``ppdeploy.foreign``).
     """
 
     name: str
@@ -127,6 +129,8 @@ class Backend:
     raw_call: Callable[[Any, str, int], tuple[str, Callable[[Any], Any]]] | None = None
     variants: tuple[Variant, ...] = ()
     fix_mixed: str = ""
+    file_suffixes: tuple[str, ...] = ()
+    inspector: str = ""
 
     def availability(self) -> tuple[bool, str]:
         """(available, reason) without importing the backend's library."""
@@ -231,9 +235,9 @@ def _discover() -> None:
 
 
 def backends() -> dict[str, Backend]:
-    """Every registered backend, by name (the reference ``paddle`` first)."""
+    """Every registered backend: the reference ``paddle`` first, then by name (whatever the import order was)."""
     _discover()
-    return dict(sorted(_BACKENDS.items(), key=lambda item: item[0] != PADDLE))
+    return dict(sorted(_BACKENDS.items(), key=lambda item: (item[0] != PADDLE, item[0])))
 
 
 def targets() -> dict[str, Target]:

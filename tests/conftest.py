@@ -4,13 +4,20 @@ synthetic zoo models, each exported once per session."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-# Every test session gets its own cache unless CI or the user chose one, so tests never touch ~/.cache.
-os.environ.setdefault("PPDEPLOY_HOME", tempfile.mkdtemp(prefix="ppdeploy-test-home-"))
+# Every test session gets a cache of its own, whatever PPDEPLOY_HOME says (tests free and corrupt cache entries on
+# purpose: a user's exported PPDEPLOY_HOME must never be read, changed or deleted); it is removed at the end.
+_HOME = tempfile.mkdtemp(prefix="ppdeploy-test-home-")
+os.environ["PPDEPLOY_HOME"] = _HOME
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

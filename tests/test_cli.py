@@ -55,7 +55,7 @@ def test_errors_are_one_line_without_traceback():
     assert "Traceback" in verbose.stderr
 
 
-def test_run_mixed_folder_keeps_every_input(synthetic_model, tmp_path):
+def test_run_mixed_folder_keeps_every_input(tiny_model, tmp_path):
     import cv2
 
     from ppdeploy.samples import sample_images
@@ -66,7 +66,7 @@ def test_run_mixed_folder_keeps_every_input(synthetic_model, tmp_path):
         cv2.imwrite(str(folder / f"good {i}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "notes.png").write_text("not an image")
-    model_dir = synthetic_model("ResNet18", "json").paddle.directory
+    model_dir = tiny_model("json").directory
     result = runner.invoke(app, ["run", "--model", str(model_dir), "--backend", "onnx", "--images", str(folder),
                                  "--json", "--batch-size", "2"])
     assert result.exit_code == 3, result.output

@@ -147,7 +147,7 @@ def test_top1_agrees_where_the_golden_is_decisive(case, tiny_golden):
 
 
 def test_details_report_the_precision(case):
-    choice, fmt, folder = case
+    choice, _, folder = case
     with choice.runtime(folder) as runtime:
         details = runtime.details
     assert details and all(isinstance(k, str) and isinstance(v, str) and v for k, v in details.items())

@@ -17,9 +17,9 @@ from ppdeploy.samples import sample_images
 
 
 @pytest.fixture(scope="module")
-def labelled(synthetic_model, tmp_path_factory):
+def labelled(tiny_model, tmp_path_factory):
     """Six photos; labels = the reference's top-1 for the first three, its 6th-ranked class for the rest."""
-    model = synthetic_model("ResNet18", "json")
+    model = tiny_model("json")
     images = sample_images(6, seed=4)
     folder = tmp_path_factory.mktemp("val")
     (folder / "imgs").mkdir()
@@ -28,7 +28,7 @@ def labelled(synthetic_model, tmp_path_factory):
         name = f"imgs/photo_{i}.png"  # lossless: the list's files decode to exactly these pixels
         cv2.imwrite(str(folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         names.append(name)
-    with runtime_class("paddle")(model.paddle.directory) as runtime:
+    with runtime_class("paddle")(model.directory) as runtime:
         probs = run_batches(runtime, [preprocess_batch(images, PreprocessConfig())])
     order = np.argsort(-probs, axis=1)
     labels = [int(order[i, 0]) if i < 3 else int(order[i, 5]) for i in range(6)]
@@ -38,7 +38,7 @@ def labelled(synthetic_model, tmp_path_factory):
 
 def test_accuracy_is_counted_per_backend(labelled):
     model, data = labelled
-    report = evaluate(model.paddle.directory, ["paddle", "onnx"], data)
+    report = evaluate(model.directory, ["paddle", "onnx"], data)
     for result in report.results:
         assert result.status == "ok" and result.images == 6
         assert result.top1 == pytest.approx(0.5)  # three labels are the top-1
@@ -48,7 +48,7 @@ def test_accuracy_is_counted_per_backend(labelled):
 
 def test_eval_command_prints_the_table(labelled):
     model, data = labelled
-    result = CliRunner().invoke(app, ["eval", str(model.paddle.directory), "--data", str(data), "--backends",
+    result = CliRunner().invoke(app, ["eval", str(model.directory), "--data", str(data), "--backends",
                                       "paddle,openvino,trt-fp32"])
     assert result.exit_code == 0, result.output
     assert "0.5000" in result.output and "skipped" in result.output

@@ -278,7 +278,7 @@ def test_openvino_inference_precision_can_be_asked_for(models, tmp_path):
     assert load_manifest(folder)["inference_precision"] == "f16"
     with pytest.raises(InputSpecError) as error:
         adopt_artifact(inspect_artifact(models["tiny.onnx"]), tmp_path, inference_precision="f16")
-    assert "only an OpenVINO IR" in _message(error)
+    assert "takes none" in _message(error)
     with pytest.raises(InputSpecError):
         adopt_artifact(inspect_artifact(models["tiny_fp16.xml"]), tmp_path, inference_precision="fp8")
 
@@ -361,10 +361,10 @@ ENGINE_LAYERS = {
 
 @pytest.mark.parametrize("kind", list(ENGINE_LAYERS))
 def test_engine_precision_from_inspector_layers(kind):
-    from ppdeploy.foreign import _engine_precision
+    from ppdeploy.foreign.tensorrt_files import engine_precision
 
     layers, precision, compute = ENGINE_LAYERS[kind]
-    found, evidence = _engine_precision(layers, {"x": "float", "y": "float"})
+    found, evidence = engine_precision(layers, {"x": "float", "y": "float"})
     assert (found, evidence["inference_precision"]) == (precision, compute), evidence
     assert evidence["tf32"] == ("unknown" if kind.startswith("names") else kind == "detailed_tf32")
     if kind.startswith("names"):

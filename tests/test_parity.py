@@ -289,3 +289,21 @@ def test_cli_artifact_errors_are_one_line_before_any_work(tmp_path):
         assert run.returncode == 1, run.stderr
         lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in run.stderr
+
+
+def test_cli_exit_codes_tell_a_failed_verdict_from_could_not_run(checker, tmp_path):
+    """4: a verdict failed (a planted fault); 1: a requested backend could not be checked; 0: all passed."""
+    import subprocess
+    import sys
+
+    bad = artifact_model_file(_perturbed_onnx(checker, tmp_path, 1.01))
+    runs = {}
+    for label, args in (("fault", ["--artifact", str(bad)]), ("pass", ["--backends", "onnx"]),
+                        ("skipped", ["--backends", "trt-fp16"])):
+        runs[label] = subprocess.run([sys.executable, "-m", "ppdeploy.cli", "parity", "ResNet18", "--synthetic",
+                                      "--count", "16", *args], capture_output=True, text=True, timeout=600)
+    assert runs["fault"].returncode == 4, runs["fault"].stdout + runs["fault"].stderr
+    assert "FAIL" in runs["fault"].stdout
+    assert runs["pass"].returncode == 0, runs["pass"].stderr
+    if not runtime_class("tensorrt").availability()[0]:
+        assert runs["skipped"].returncode == 1 and "skip" in runs["skipped"].stdout

@@ -1,4 +1,5 @@
-"""The conversion pipeline: cache reuse, staleness, atomicity, locking, manifests (real converters, ResNet18)."""
+"""The conversion pipeline: cache reuse, staleness, atomicity, locking, manifests (real converters, the tiny model;
+what every target's manifest records is in tests/test_contract.py)."""
 
 from __future__ import annotations
 
@@ -19,23 +20,19 @@ from ppdeploy.models.paddle_files import find_paddle_model
 
 
 @pytest.fixture(scope="module")
-def model(synthetic_model):
-    return synthetic_model("ResNet18", "json")
+def model(tiny_model):
+    return tiny_model("json")
 
 
 def test_manifest_records_what_matters(model, tmp_path):
     out = convert_model(model, "onnx", out_dir=tmp_path / "onnx")
     manifest = load_manifest(out)
-    assert manifest["target"] == "onnx" and manifest["backend"] == "onnx" and manifest["precision"] == "fp32"
     assert manifest["opset"] == 17
-    assert manifest["source_hash"] == model.paddle.content_hash()
-    assert manifest["input_shape_range"] == {"min": [1, 3, 224, 224], "max": [8, 3, 224, 224]}
     assert manifest["preprocess"]["resize_short"] == 256 and manifest["preprocess"]["crop_size"] == 224
     for tool in ("paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt"):
-        assert tool in manifest["tools"]
+        assert tool in manifest["tools"]  # every tool that can shape an artifact, installed or not
     assert manifest["tools"]["paddle2onnx"] == "2.1.0"
     assert manifest["conversion_seconds"] > 0
-    assert (out / manifest["model_file"]).stat().st_size == manifest["files"]["model.onnx"]
 
 
 def test_valid_artifact_is_reused_and_stale_one_rebuilt(model, tmp_path):
@@ -49,10 +46,10 @@ def test_valid_artifact_is_reused_and_stale_one_rebuilt(model, tmp_path):
     assert rebuilt["artifact_id"] != first and rebuilt["opset"] == 13
 
 
-def test_changed_source_model_invalidates_chain(tmp_path, synthetic_model):
+def test_changed_source_model_invalidates_chain(tmp_path, model):
     import shutil
 
-    src = synthetic_model("ResNet18", "json").paddle.directory
+    src = model.directory
     copy = tmp_path / "model"
     shutil.copytree(src, copy)
     paddle = find_paddle_model(copy)
@@ -90,21 +87,21 @@ def _convert_cmd(model_dir: Path, out: Path) -> list[str]:
 
 def test_sigkill_mid_conversion_leaves_nothing_trusted(model, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_convert_cmd(model.paddle.directory, out), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_convert_cmd(model.directory, out), stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.name.startswith(".killed") for p in tmp_path.iterdir()):
         time.sleep(0.05)  # wait until the staging folder exists: the conversion is under way
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists()
-    done = subprocess.run(_convert_cmd(model.paddle.directory, out), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_convert_cmd(model.directory, out), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "manifest.json").read_text())["target"] == "onnx"
 
 
 def test_concurrent_conversions_share_one_artifact(model, tmp_path):
     out = tmp_path / "shared"
-    procs = [subprocess.Popen(_convert_cmd(model.paddle.directory, out), stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(_convert_cmd(model.directory, out), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
     assert all(code == 0 for _, _, code in results), results

@@ -1,4 +1,4 @@
-"""``--engine ray``: a real local Ray (2 CPUs), Ray Data over actors and Ray Serve over HTTP, a synthetic ResNet18.
+"""``--engine ray``: a real local Ray (2 CPUs), Ray Data over actors and Ray Serve over HTTP, the tiny model.
 
 Every answer is compared with what the plain :class:`~ppdeploy.classifier.Classifier` gives the same image.
 """
@@ -38,8 +38,8 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def model_dir(synthetic_model):
-    return str(synthetic_model("ResNet18", "json").paddle.directory)
+def model_dir(tiny_model):
+    return str(tiny_model("json").directory)
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,8 @@ SUMMARY = "input(s) could not be classified; see their error records"
 
 
 @pytest.fixture(scope="module")
-def model_dir(synthetic_model) -> Path:
-    return synthetic_model("ResNet18", "json").paddle.directory
+def model_dir(tiny_model) -> Path:
+    return tiny_model("json").directory
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +186,8 @@ def test_named_gif_is_classified_and_named_text_file_refused(model_dir, tmp_path
 
 COULD_NOT_RUN = {
     "no model": ("/nonexistent/model | not a model folder", "or a zoo name such as ResNet50"),
-    "unknown backend": ("backend 'tflite' | unknown | choose one of: auto, paddle, onnx, openvino, tensorrt,",),
-    "tensorrt missing": ("target 'trt-fp32' | package tensorrt is not installed | install it: pip install",),
+    "unknown backend": ("backend 'tflite' | unknown | choose one of: auto, paddle, onnx, onnx-fp16",),
+    "tensorrt missing": ("backend 'trt-fp32' | package tensorrt is not installed | install it: pip install 'ppdeploy[gpu]'",),
     "no images path": ("does not exist | check the path",),
     "empty folder": ("holds no image files (jpg, jpeg, png, bmp, webp, tif, tiff)",),
     "bad pixel limit": ("PPDEPLOY_MAX_PIXELS='lots' | not an integer | set it to a pixel count",),
@@ -283,7 +283,7 @@ def test_corrupt_onnx_in_the_cache_is_refused_until_deleted(model_dir, photo, pr
     assert_one_line_error(err, f"{artifact / 'model.onnx'} | ONNX Runtime cannot load it (", f"delete {artifact}")
     shutil.rmtree(artifact)  # the fix the message gives: the next run rebuilds it
     code, _, err = run_main(run_args(model_dir, photo), capsys, monkeypatch)
-    assert code == 0 and "Converting ResNet18 to onnx" in err
+    assert code == 0 and f"Converting {model_dir.name} to onnx" in err
 
 
 def test_ir_without_bin_in_the_cache_is_rebuilt(model_dir, photo, private_home, capsys, monkeypatch):
@@ -295,7 +295,7 @@ def test_ir_without_bin_in_the_cache_is_rebuilt(model_dir, photo, private_home, 
     (artifact / "model.bin").unlink()
     code, out, err = run_main(run_args(model_dir, photo, backend="openvino"), capsys, monkeypatch)
     assert code == 0 and out.startswith(f"{photo}:\tclass id(s):")
-    assert "Reusing onnx artifact" in err and "Converting ResNet18 to openvino" in err
+    assert "Reusing onnx artifact" in err and f"Converting {model_dir.name} to openvino" in err
     assert (artifact / "model.bin").is_file()
 
 

@@ -1,4 +1,4 @@
-"""``deploy serve``: a real uvicorn server on loopback, real HTTP through httpx, a synthetic ResNet18.
+"""``deploy serve``: a real uvicorn server on loopback, real HTTP through httpx, the tiny model (``tests/tiny.py``).
 
 Every answer is compared with what the library gives the same image alone (``Classifier.predict`` with batch size
 1, the path of ``deploy run``): class ids, label names and the 5-decimal scores must be equal, not close.
@@ -25,7 +25,6 @@ pytest.importorskip("uvicorn")
 
 from ppdeploy.serving import ServeSettings, create_app, serve_in_thread
 
-MODEL = "ResNet18"
 IMAGES = 8
 MAIN = {"max_batch": 8, "max_delay_ms": 50, "max_request_bytes": 4_000_000, "max_images": 8, "max_pixels": 4_000_000}
 
@@ -92,10 +91,15 @@ def photos_jpeg():
 
 
 @pytest.fixture(scope="module")
-def onnx_classifier():
+def model_dir(tiny_model):
+    return tiny_model("json").directory
+
+
+@pytest.fixture(scope="module")
+def onnx_classifier(model_dir):
     from ppdeploy.classifier import Classifier
 
-    with Classifier(MODEL, "onnx", synthetic=True) as clf:
+    with Classifier(model_dir, "onnx") as clf:
         yield clf
 
 
@@ -116,13 +120,13 @@ def _assert_serves(client, photos_jpeg, expected, index: int = 0) -> None:
     assert [_result(r) for r in answer.json()] == [expected[index]]
 
 
-def test_health_ready_docs(served):
+def test_health_ready_docs(served, model_dir):
     client, _, _ = served
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
     info = ready.json()
-    assert (info["model"], info["backend"], info["precision"]) == (MODEL, "onnx", "fp32")
+    assert (info["model"], info["backend"], info["precision"]) == (model_dir.name, "onnx", "fp32")
     assert info["details"][0]["provider"] == "CPUExecutionProvider" and info["max_batch"] == 8
     assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
@@ -263,10 +267,10 @@ def test_graceful_shutdown_finishes_in_flight_requests(onnx_classifier, photos_j
         httpx.get(f"{url}/healthz", timeout=5)
 
 
-def test_two_workers_and_openvino_are_batch_invariant(photos_jpeg, tmp_path):
+def test_two_workers_and_openvino_are_batch_invariant(model_dir, photos_jpeg, tmp_path):
     from ppdeploy.classifier import Classifier
 
-    with Classifier(MODEL, "openvino", synthetic=True) as clf:
+    with Classifier(model_dir, "openvino") as clf:
         alone = _alone(clf, photos_jpeg, tmp_path)
         with _server(clf, workers=2, max_delay_ms=30) as (url, _, _), httpx.Client(base_url=url) as client:
             info = client.get("/readyz").json()
@@ -278,23 +282,23 @@ def test_two_workers_and_openvino_are_batch_invariant(photos_jpeg, tmp_path):
             assert _metric(client, "ppdeploy_batch_size_count") < 24
 
 
-def test_busy_port_is_one_line_error(tmp_path):
+def test_busy_port_is_one_line_error(model_dir):
     from ppdeploy.serving.server import bind_socket
 
     taken = bind_socket("127.0.0.1", 0)
     try:
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "ppdeploy.cli", "serve", MODEL, "--synthetic", "--port",
-                               str(port)], check=False, capture_output=True, text=True, timeout=60)
+        done = subprocess.run([sys.executable, "-m", "ppdeploy.cli", "serve", str(model_dir), "--port", str(port)],
+                              check=False, capture_output=True, text=True, timeout=60)
     finally:
         taken.close()
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
 
 
-def test_deploy_serve_entry_point_answers_like_deploy_run(onnx_classifier, photos_jpeg, expected):
+def test_deploy_serve_entry_point_answers_like_deploy_run(model_dir, onnx_classifier, photos_jpeg, expected):
     """The installed command: serve, classify one raw upload, stop with SIGINT (graceful)."""
-    cmd = [sys.executable, "-m", "ppdeploy.cli", "serve", MODEL, "--synthetic", "--backend", "onnx", "--port", "0"]
+    cmd = [sys.executable, "-m", "ppdeploy.cli", "serve", str(model_dir), "--backend", "onnx", "--port", "0"]
     process = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

@@ -1,7 +1,7 @@
 """A tiny ResNet-like Paddle inference model for the fast tests, and a plain numpy forward pass of its weights.
 
 The network has every operator type of a PaddleClas ResNet, in the same arrangement, at a fraction of the size
-(about 20k parameters, 80 KB of weights; ResNet18 has 11.7M):
+(22k parameters, a 90 KB weights file; ResNet18 has 11.7M parameters):
 
     x [N, 3, 224, 224] -> conv3x3/2 + BN + ReLU (stem, 8 channels) -> max-pool 3x3/2
       -> basic block (8 -> 8, identity shortcut) -> basic block (8 -> 16, stride 2, 1x1/2 conv + BN shortcut)

@@ -6,10 +6,10 @@ this module as the ``onnx`` target's ``model.onnx`` (the pipeline routes them). 
 weights to fp16 unless told not to, so the fp32 IR is saved with ``compress_to_fp16=False`` and checked to hold
 no f16 constant.
 
-An fp16 IR stores fp16 weights; what it computes in is a separate choice. On a CPU whose
-``OPTIMIZATION_CAPABILITIES`` lists FP16 the artifact asks for f16 compute; elsewhere it asks for f32 (the
-weights are decompressed). Never bf16: that keeps 8 significant bits against fp16's 11, and OpenVINO's CPU
-plugin silently substitutes it for an f16 request on CPUs without native fp16.
+An fp16 IR stores fp16 weights; what it computes in is a separate choice. Its manifest asks for f16 compute; the
+runtime grants it on a device whose ``OPTIMIZATION_CAPABILITIES`` lists FP16 and uses f32 elsewhere (the weights
+are decompressed), never bf16: that keeps 8 significant bits against fp16's 11, and OpenVINO's CPU plugin
+silently substitutes it for an f16 request on CPUs without native fp16.
 """
 
 from __future__ import annotations

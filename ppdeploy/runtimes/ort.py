@@ -134,6 +134,7 @@ BACKEND = register_backend(Backend(
     name="onnx", runtime=OrtRuntime, imports=("onnxruntime",), extra="onnx",
     distributions=("onnxruntime", "onnxruntime-gpu"), exclusive=True, devices=("cpu", "gpu"), default_target="onnx",
     aliases=("onnxruntime", "ort"), auto={"cpu": (20, "onnx"), "gpu": (20, "onnx")},
-    precision_probe=precision_probe, raw_call=raw_call,
+    precision_probe=precision_probe, raw_call=raw_call, file_suffixes=(".onnx",),
+    inspector="ppdeploy.foreign.onnx_files:inspect",
     fix_mixed="keep one: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (GPU), or "
               "... && pip install 'ppdeploy[onnx]' (CPU)"))

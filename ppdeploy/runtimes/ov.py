@@ -295,7 +295,8 @@ def bf16_check() -> tuple[bool, str]:
 BACKEND = register_backend(Backend(
     name="openvino", runtime=OpenVinoRuntime, imports=("openvino",), extra="openvino", distributions=("openvino",),
     devices=("cpu", "gpu", "auto"), default_target="openvino", aliases=("ov",), auto={"cpu": (10, "openvino")},
-    precision_probe=precision_probe, raw_call=raw_call,
+    precision_probe=precision_probe, raw_call=raw_call, file_suffixes=(".xml",),
+    inspector="ppdeploy.foreign.openvino_files:inspect",
     variants=(Variant("openvino-bf16", "openvino", {"precision_override": "bf16"}, "bf16",
                       "the fp32 IR computed in bf16 (OpenVINO's own default on CPUs with AVX512_BF16/AMX)",
                       check=bf16_check),)))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ppdeploy.errors import ArtifactError, BackendUnavailableError, first_line, one_line
-from ppdeploy.models.paddle_files import PaddleModel, find_paddle_model
+from ppdeploy.models.paddle_files import PaddleModel, check_params_file, find_paddle_model
 from ppdeploy.registry import Backend, register_backend
 from ppdeploy.runtimes.base import Runtime, TensorSpec
 
@@ -33,6 +33,7 @@ class PaddleRuntime(Runtime):
         import paddle.inference as pi
 
         model = find_paddle_model(self.artifact_dir)
+        check_params_file(model.params_file)  # Paddle may load a cut file and compute NaN or wrong answers
         config = pi.Config(str(model.model_file), str(model.params_file))  # explicit files: json and pdmodel
         config.disable_glog_info()
         threads = self.threads or os.cpu_count() or 1

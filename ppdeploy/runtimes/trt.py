@@ -223,4 +223,5 @@ class EngineRunner:
 BACKEND = register_backend(Backend(
     name="tensorrt", runtime=TensorRtRuntime, imports=("tensorrt",), extra="gpu",
     distributions=("tensorrt", "tensorrt-cu13", "tensorrt-cu12"), devices=("gpu",), default_target="trt-fp32",
-    aliases=("trt",), auto={"gpu": (10, "trt-fp16")}, check=gpu_check))
+    aliases=("trt",), auto={"gpu": (10, "trt-fp16")}, check=gpu_check, file_suffixes=(".engine", ".plan", ".trt"),
+    inspector="ppdeploy.foreign.tensorrt_files:inspect"))

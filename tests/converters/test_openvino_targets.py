@@ -1,6 +1,7 @@
-"""OpenVINO targets (openvino, openvino-fp16, openvino-int8) from ResNet18 in both Paddle formats: .pdmodel read
-directly, .json through ONNX. Checked against Paddle Inference on real photos, with the precision each one
-really computes in."""
+"""OpenVINO targets (openvino, openvino-fp16, openvino-int8) from the tiny model in both Paddle formats: .pdmodel
+read directly, .json through ONNX. What precision each one really computes in (read back from the compiled model),
+what the IR holds, int8 accuracy control, runtime options and one-line errors for damaged IRs. How close each one
+computes to the numpy golden is tests/test_contract.py; int8 top-1 on real ResNets is tests/test_zoo_parity.py."""
 
 from __future__ import annotations
 
@@ -18,9 +19,7 @@ from ppdeploy.converters import to_openvino
 from ppdeploy.converters.base import ConvertOptions
 from ppdeploy.converters.pipeline import convert_model, default_options
 from ppdeploy.errors import ArtifactError, ConversionError, InputSpecError
-from ppdeploy.parity import PROFILES
 from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
-from ppdeploy.runtimes.paddle_infer import PaddleRuntime
 
 ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -28,17 +27,6 @@ pytest.importorskip("nncf")
 from ppdeploy.runtimes.ov import OpenVinoRuntime, native_precisions  # noqa: E402
 
 TARGETS = ("openvino", "openvino-fp16", "openvino-int8")
-# Measured on seeded ResNet18/50 (logits scaled to std 2.5), 50 photo variations, f32 compute:
-# fp32 max abs 1.1e-6; fp16 weights cosine >= 0.999992, max abs 9.6e-4; int8 cosine >= 0.9908 (R50),
-# 0.9990 (R18), top-1 agreement 50/50; bf16 compute on the fp32 IR: max abs 8e-3 to 1e-2.
-FP32_ATOL = 1e-5
-# The fp16 profile's ceiling on the total-variation distance to Paddle; that nothing runs in bf16 is checked by
-# reading the precision back from the compiled model, not by the outputs.
-FP16_MAX_TV = PROFILES["fp16"].max_tv
-# 16 photos are too few for the int8 profile (it needs >= 100 images; tests/test_zoo_parity.py asserts it on
-# ResNet50 and ResNet50_vd): this guards against a broken quantizer (cosine ~0.2, top-1 ~1/1000).
-INT8_MEDIAN_COSINE = 0.9
-INT8_MIN_TOP1 = 0.5
 BF16_FAULT_MIN_DIFF = 1e-4
 # Accuracy control in the fixtures: 32 validation images (built-in, apart from the calibration photos) are enough to
 # exercise NNCF's ranking and keep the module fast; max_drop stays at the default 0.01 (no flipped image).
@@ -51,17 +39,15 @@ def fmt(request) -> str:
 
 
 @pytest.fixture(scope="module")
-def case(fmt, synthetic_model, photos, tmp_path_factory):
-    """One Paddle model, its three OpenVINO artifacts, a photo batch and Paddle's answer on it."""
-    model = synthetic_model("ResNet18", fmt)
+def case(fmt, tiny_model, tiny_golden, tmp_path_factory):
+    """One Paddle model, its three OpenVINO artifacts, a photo batch and the numpy golden's answer on it."""
+    model = tiny_model(fmt)
     root = tmp_path_factory.mktemp(f"openvino-{fmt}")
     artifacts = {target: convert_model(model, target, out_dir=root / target,
                                        options=default_options(model, target, val_count=VAL_COUNT))
                  for target in TARGETS}
-    batch = preprocess_batch(photos[0], model.spec.preprocess_config())
-    with PaddleRuntime(model.paddle.directory) as paddle:
-        reference = paddle.infer(batch)
-    return {"fmt": fmt, "model": model, "artifacts": artifacts, "batch": batch, "reference": reference}
+    return {"fmt": fmt, "model": model, "artifacts": artifacts, "batch": tiny_golden.batch,
+            "reference": tiny_golden.probs}
 
 
 def _run(artifact: Path, batch: np.ndarray, **kwargs) -> tuple[np.ndarray, dict[str, str]]:
@@ -69,19 +55,12 @@ def _run(artifact: Path, batch: np.ndarray, **kwargs) -> tuple[np.ndarray, dict[
         return runtime.infer(batch), dict(runtime.details)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def _copy(artifact: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(artifact, tmp_path / artifact.name))
 
 
-def test_fp32_matches_paddle_in_f32(case):
-    out, details = _run(case["artifacts"]["openvino"], case["batch"])
-    assert out.shape == case["reference"].shape
-    assert np.abs(out - case["reference"]).max() <= FP32_ATOL
-    assert (out.argmax(1) == case["reference"].argmax(1)).all()
+def test_fp32_computes_in_f32_and_names_its_frontend(case):
+    _, details = _run(case["artifacts"]["openvino"], case["batch"][:1])
     assert details["inference_precision"] == "f32"  # read back from the compiled model, not the request
     manifest = load_manifest(case["artifacts"]["openvino"])
     assert manifest["precision"] == "fp32" and manifest["inference_precision"] == "f32"
@@ -96,22 +75,17 @@ def test_fp32_ir_is_fp32_and_twice_the_fp16_ir(case):
     assert 1.9 < ratio < 2.1
 
 
-def test_fp16_close_to_paddle_and_never_bf16(case):
-    out, details = _run(case["artifacts"]["openvino-fp16"], case["batch"])
-    reference = case["reference"]
-    assert (0.5 * np.abs(out - reference).sum(1)).max() <= FP16_MAX_TV
-    assert (out.argmax(1) == reference.argmax(1)).all()
+def test_fp16_never_computes_in_bf16(case):
+    _, details = _run(case["artifacts"]["openvino-fp16"], case["batch"][:1])
     manifest = load_manifest(case["artifacts"]["openvino-fp16"])
     assert manifest["precision"] == "fp16"
+    # The artifact asks for f16 compute; the runtime grants it where the CPU has native f16, else f32 (never bf16).
     wanted = "f16" if "f16" in native_precisions(ov.Core(), "CPU") else "f32"
-    assert manifest["inference_precision"] == wanted == details["inference_precision"]
+    assert manifest["inference_precision"] == "f16" and details["inference_precision"] == wanted
 
 
-def test_int8_close_to_paddle(case):
-    out, details = _run(case["artifacts"]["openvino-int8"], case["batch"])
-    reference = case["reference"]
-    assert np.median(_cosine(out, reference)) >= INT8_MEDIAN_COSINE
-    assert (out.argmax(1) == reference.argmax(1)).mean() >= INT8_MIN_TOP1
+def test_int8_computes_in_f32_between_its_quantized_layers(case):
+    _, details = _run(case["artifacts"]["openvino-int8"], case["batch"][:1])
     assert details["inference_precision"] == "f32"
 
 
@@ -233,10 +207,9 @@ def test_f16_request_falls_back_up_not_down(case, tmp_path):
         assert "no native f16" in details["precision_note"]
 
 
-def test_pir_json_is_refused_directly_with_the_way_out(synthetic_model, tmp_path):
-    model = synthetic_model("ResNet18", "json")
+def test_pir_json_is_refused_directly_with_the_way_out(tiny_model, tmp_path):
     with pytest.raises(ConversionError, match="through ONNX"):
-        to_openvino.convert(model.paddle.model_file, tmp_path, ConvertOptions(target="openvino"))
+        to_openvino.convert(tiny_model("json").model_file, tmp_path, ConvertOptions(target="openvino"))
 
 
 def test_import_does_not_load_backends():
