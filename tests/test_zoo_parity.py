@@ -1,7 +1,8 @@
 """The CI parity suite: every zoo model and every backend, checked against Paddle Inference.
 
-- Every model (synthetic weights, legacy ``.pdmodel`` so OpenVINO reads Paddle directly): paddle → ONNX → ONNX
-  Runtime and paddle → OpenVINO, fp32 strict.
+- One model per distinct graph and, of each family (stem/shortcut variant, block type, input size), the shallowest
+  and the deepest (synthetic weights, legacy ``.pdmodel`` so OpenVINO reads Paddle directly): paddle → ONNX → ONNX
+  Runtime and paddle → OpenVINO, fp32 strict. The other depths' rows are scripts/parity_matrix.py's.
 - PIR ``.json`` for a plain, a ``vd`` and the 320x320 model: ONNX Runtime and OpenVINO (through ONNX), fp32 strict.
 - On the 120 held-out judge photos, each with its precision's profile (docs/parity.md), for one net per block type
   (ResNet18_vd: basic blocks, vd; ResNet50: bottlenecks, plain) and the deepest (ResNet200_vd, fp16 only): fp16
@@ -9,7 +10,7 @@
   never shaped the weights nor calibrated int8. The same checks on all 16 models are scripts/parity_matrix.py's
   (docs/parity.md), too long for every CI run.
 - TensorRT: the same checks, marked ``gpu``.
-A guard test fails when a zoo model or a registered backend/target is missing from this suite.
+Guard tests fail when a family of the zoo, or a registered target or variant, is missing from this suite.
 """
 
 from __future__ import annotations
@@ -68,7 +69,37 @@ def test_suite_covers_every_registered_configuration():
     assert all(CHOICES[n].profile in PROFILES for n in CHOICES)
 
 
-FP32_CASES = [(name, "pdmodel") for name in MODELS] + [(name, "json") for name in JSON_MODELS]
+def _family(spec) -> tuple:
+    """What shapes the exported graph besides depth: stem/shortcut variant, block type, input size."""
+    return spec.variant, spec.bottleneck, spec.input_size
+
+
+def fp32_models() -> list[str]:
+    """One model per distinct graph, and of each family the shallowest and the deepest.
+
+    An ``_ssld`` model is its base architecture with other trained weights: with synthetic weights its export is
+    the same graph with the same numbers (docs/parity.md shows equal rows), so it is checked once. Depths between
+    the shallowest and the deepest of a family run the same block code and ops; their rows come from
+    scripts/parity_matrix.py (docs/parity.md), outside CI.
+    """
+    graphs = {}
+    for spec in MODELS.values():
+        graphs.setdefault((*_family(spec), spec.depth), spec.name)  # the first of equal graphs (not the _ssld)
+    families: dict[tuple, list[tuple[int, str]]] = {}
+    for (*family, depth), name in graphs.items():
+        families.setdefault(tuple(family), []).append((depth, name))
+    return [name for members in families.values() for name in dict.fromkeys([min(members)[1], max(members)[1]])]
+
+
+FP32_MODELS = fp32_models()
+FP32_CASES = [(name, "pdmodel") for name in FP32_MODELS] + [(name, "json") for name in JSON_MODELS]
+
+
+def test_fp32_suite_covers_every_family_and_graph_kind():
+    chosen = {_family(MODELS[name]) for name in FP32_MODELS}
+    assert chosen == {_family(spec) for spec in MODELS.values()}
+    assert max(MODELS[name].depth for name in FP32_MODELS) == max(spec.depth for spec in MODELS.values())
+    assert not any(name.endswith("_ssld") and name.replace("_ssld", "") in MODELS for name in FP32_MODELS)
 
 
 @pytest.mark.slow
