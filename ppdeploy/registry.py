@@ -109,7 +109,8 @@ class Backend:
         raw_call: ``(runtime, artifact_dir, threads) -> (label, infer)``: the same artifact through the library's
             own API, for the bench's wrapper-overhead measurement.
         variants: run configurations besides the targets (``openvino-bf16``).
-        fix_mixed: the command that repairs a mixed install (``exclusive``).
+        fix_mixed: ``{"cpu": command, "gpu": command}``: what repairs a mixed install (``exclusive``) on a machine
+            without and with an NVIDIA GPU.
         file_suffixes: suffixes of model files made by any tool that this backend runs (``deploy parity --artifact``).
         inspector: ``"module:function"`` that reads such a file and says what it computes (``ppdeploy.foreign``).
     """
@@ -128,7 +129,7 @@ class Backend:
     precision_probe: Callable[[], str] | None = None
     raw_call: Callable[[Any, str, int], tuple[str, Callable[[Any], Any]]] | None = None
     variants: tuple[Variant, ...] = ()
-    fix_mixed: str = ""
+    fix_mixed: dict[str, str] = field(default_factory=dict)
     file_suffixes: tuple[str, ...] = ()
     inspector: str = ""
 
@@ -151,11 +152,13 @@ class Backend:
         found = self.installed()
         if not self.exclusive or len(found) < 2:
             return None
+        from ppdeploy.gpu import gpu_present
+
         names = " and ".join(dist for dist, _ in found)
+        fix = self.fix_mixed.get("gpu" if gpu_present() else "cpu") or (
+            f"pip uninstall -y {' '.join(self.distributions)} && {install_hint(self.extra)}")
         return one_line(f"backend '{self.name}'", f"{names} are both installed (one import name: the last "
-                        "installed wins and the other's providers silently disappear)",
-                        self.fix_mixed or f"pip uninstall -y {' '.join(self.distributions)} && "
-                                          f"{install_hint(self.extra)}")
+                        "installed wins and the other's providers silently disappear)", fix)
 
 
 @dataclass(frozen=True)

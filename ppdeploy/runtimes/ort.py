@@ -136,5 +136,5 @@ BACKEND = register_backend(Backend(
     aliases=("onnxruntime", "ort"), auto={"cpu": (20, "onnx"), "gpu": (20, "onnx")},
     precision_probe=precision_probe, raw_call=raw_call, file_suffixes=(".onnx",),
     inspector="ppdeploy.foreign.onnx_files:inspect",
-    fix_mixed="keep one: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (GPU), or "
-              "... && pip install 'ppdeploy[onnx]' (CPU)"))
+    fix_mixed={"gpu": "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu",
+               "cpu": "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime"}))

@@ -139,5 +139,6 @@ BACKEND = register_backend(Backend(
     name="paddle", runtime=PaddleRuntime, imports=("paddle",), extra="paddle",
     distributions=("paddlepaddle", "paddlepaddle-gpu"), exclusive=True, devices=("cpu", "gpu"),
     auto={"cpu": (90, "paddle"), "gpu": (90, "paddle")}, precision_probe=precision_probe,
-    fix_mixed="pip uninstall -y paddlepaddle paddlepaddle-gpu, then install one: 'ppdeploy[paddle]' (CPU) or "
-              "paddlepaddle-gpu from paddlepaddle.org.cn (GPU)"))
+    fix_mixed={"gpu": "pip uninstall -y paddlepaddle paddlepaddle-gpu, then install paddlepaddle-gpu 3.x from the "
+                      "index paddlepaddle.org.cn gives for your CUDA",
+               "cpu": "pip uninstall -y paddlepaddle paddlepaddle-gpu && pip install 'paddlepaddle>=3.3,<4'"}))
