@@ -65,6 +65,10 @@ class Classifier:
         self.runtime = self.choice.runtime(self.artifact_dir, device=device, threads=threads)
         try:
             self._check_input_size()
+            classes = self.runtime.outputs[0].shape[-1] if self.runtime.outputs else None
+            if classes and topk > classes:
+                raise InputSpecError(one_line(f"--topk {topk}", f"more than the model's {classes} classes",
+                                              f"use at most {classes}"))
         except InputSpecError:
             self.runtime.close()
             raise

@@ -17,7 +17,9 @@ warnings.filterwarnings("ignore", message="No ccache found", category=UserWarnin
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="PaddleClas ResNet models to ONNX, OpenVINO and TensorRT, with parity checks against Paddle.")
-_STATE = {"verbose": False}
+_STATE = {"verbose": False, "quiet": False}
+# Root flags a user may put anywhere, also after the sub-command (``deploy run ... -v``), as in gh or Polygraphy.
+ROOT_FLAGS = ("--verbose", "-v", "--quiet", "-q")
 
 # Exit codes a script can branch on (README): 2 is a usage error (click), 130 an interrupt (Ctrl-C).
 EXIT_OK = 0
@@ -44,6 +46,10 @@ EngineOpt = Annotated[str, typer.Option("--engine", help="local (this process) o
 AddressOpt = Annotated[Optional[str], typer.Option("--address", help="--engine ray: the cluster to join (auto, "
                                                    "HEAD:6379, ray://HEAD:10001); default: start a local Ray.")]
 ENGINES = ("local", "ray")
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Inference threads (default: the "
+                                                   "backend's choice, usually all cores).")]
+DEFAULT_MODEL = "ResNet50"
 
 
 def _err(line: str) -> None:
@@ -52,9 +58,29 @@ def _err(line: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(line, markup=False)
 
 
+def _progress(line: str) -> None:
+    """A progress line on stderr (stdout stays clean for --json); ``--quiet`` drops it."""
+    if not _STATE["quiet"]:
+        _err(line)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ppdeploy import __version__
+
+        typer.echo(f"ppdeploy {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")] = False) -> None:
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors (accepted "
+                                              "anywhere on the line).")] = False,
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr (errors still "
+                                            "show; accepted anywhere on the line).")] = False,
+          version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                              help="Print the version and exit.")] = False) -> None:
     _STATE["verbose"] = verbose
+    _STATE["quiet"] = quiet
 
 
 @app.command()
@@ -127,7 +153,14 @@ def convert(model: ModelArg,
             opset: Annotated[int, typer.Option("--opset", help="ONNX opset (13-21).")] = 17,
             force: Annotated[bool, typer.Option("--force", help="Rebuild even if a valid artifact exists.")] = False,
             ) -> None:
-    """Convert a model to a deployable artifact (cached and reused while valid); int8 under accuracy control."""
+    """Convert a model to a deployable artifact (cached and reused while valid); int8 under accuracy control.
+
+    Examples:
+
+      deploy convert ResNet50 --synthetic --to openvino-int8
+
+      deploy convert ./my_model --to onnx-int8 --calib-images calib/ --val-images val/ -o out/
+    """
     from ppdeploy.converters.base import ConvertOptions
     from ppdeploy.converters.pipeline import convert_model, default_options
     from ppdeploy.models.resolve import resolve_model
@@ -145,7 +178,7 @@ def convert(model: ModelArg,
         image_sets(ConvertOptions(**images))
     resolved = resolve_model(model, synthetic=synthetic, fmt=fmt)
     options = default_options(resolved, to, **images, max_batch=max_batch, opset=opset)
-    out = convert_model(resolved, to, options=options, out_dir=output, force=force, log=_err)
+    out = convert_model(resolved, to, options=options, out_dir=output, force=force, log=_progress)
     _warn_missed_drop(out, to)
     typer.echo(str(out))
 
@@ -162,13 +195,15 @@ def _warn_missed_drop(artifact: Path, target: str) -> None:
 
 @app.command()
 def run(images: Annotated[str, typer.Option("--images", help="An image file, a folder (recursive) or a glob.")],
-        model: Annotated[str, typer.Option("--model", help="Zoo name or Paddle model folder.")] = "ResNet50",
+        model: Annotated[Optional[str], typer.Option("--model", help="Zoo name or Paddle model folder (default: "
+                                                     f"{DEFAULT_MODEL}, said on stderr).")] = None,
         backend: Annotated[str, typer.Option("--backend", help=f"One of: {_names('choices')}.")] = "auto",
-        batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-        topk: Annotated[int, typer.Option("--topk", min=1)] = 5,
+        batch_size: BatchSizeOpt = 8,
+        topk: Annotated[int, typer.Option("--topk", min=1, help="Classes per image, best first (at most the "
+                                          "model's class count).")] = 5,
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
         device: Annotated[str, typer.Option("--device", help="cpu or gpu.")] = "cpu",
-        threads: Annotated[Optional[int], typer.Option("--threads", help="Inference threads.")] = None,
+        threads: ThreadsOpt = None,
         synthetic: SyntheticOpt = False,
         fmt: FormatOpt = "json",
         output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the records to a *.jsonl "
@@ -179,12 +214,26 @@ def run(images: Annotated[str, typer.Option("--images", help="An image file, a f
         actor_cpus: Annotated[float, typer.Option("--actor-cpus", min=0.01, help="--engine ray: CPUs reserved "
                                                   "per actor.")] = 1.0,
         address: AddressOpt = None) -> None:
-    """Classify images. Exit 0: all ok; 3: some inputs failed (each has an error record); 1: could not run."""
+    """Classify images. Exit 0: all ok; 3: some inputs failed (each has an error record); 1: could not run.
+
+    Examples:
+
+      deploy run --images photos/ --backend openvino-int8 --synthetic
+
+      deploy run --model ./my_model --images "shots/*.jpg" --json > results.jsonl
+    """
+    from ppdeploy.images import list_images, pixel_limit
     from ppdeploy.results import output_format
 
     _check_engine(engine)
     if output is not None:
         output_format(output)  # a bad suffix fails before the model loads
+    pixel_limit()  # and so do a bad $PPDEPLOY_MAX_PIXELS and a missing or empty images path
+    if not Path(images).is_file():  # a named file is classified or becomes an error record, whatever its name
+        list_images(images)
+    if model is None:
+        model = DEFAULT_MODEL
+        _progress(f"no --model given: using {DEFAULT_MODEL}")
     if engine == "ray":
         from ppdeploy.scaleout.cluster import ModelConfig, require_ray
 
@@ -193,12 +242,12 @@ def run(images: Annotated[str, typer.Option("--images", help="An image file, a f
 
         config = ModelConfig(model, backend, synthetic, fmt, device, threads, batch_size, topk)
         failed = _emit(classify_on_ray(images, config, actors=actors, actor_cpus=actor_cpus, address=address,
-                                       log=_err), output, as_json)
+                                       log=_progress), output, as_json)
     else:
         from ppdeploy.classifier import Classifier
 
         with Classifier(model, backend, synthetic=synthetic, fmt=fmt, device=device, threads=threads,
-                        batch_size=batch_size, topk=topk, log=_err) as clf:
+                        batch_size=batch_size, topk=topk, log=_progress) as clf:
             failed = _emit(clf.predict(images), output, as_json)
     if failed:
         _err(f"{failed} input(s) could not be classified; see their error records")
@@ -224,8 +273,8 @@ def parity(model: ModelArg = "ResNet50",
                                                         "120), or at most this many of --images.")] = None,
            strict: Annotated[bool, typer.Option("--strict", help="Fail a verdict whose judge images overlap the "
                                                 "images that shaped or calibrated what it judges.")] = False,
-           batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-           threads: Annotated[Optional[int], typer.Option("--threads")] = None,
+           batch_size: BatchSizeOpt = 8,
+           threads: ThreadsOpt = None,
            json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON.")] = None,
            junit_file: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML.")] = None,
            atol: Annotated[Optional[float], typer.Option("--atol", help="Override every profile's max abs diff.")
@@ -235,6 +284,12 @@ def parity(model: ModelArg = "ResNet50",
            min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Override every profile's top-1 "
                                                              "agreement on decisive images (0-1).")] = None) -> None:
     """Check backends against native Paddle Inference on held-out real images.
+
+    Examples:
+
+      deploy parity ResNet50 --synthetic --backends all --json report.json
+
+      deploy parity ResNet50 --artifact model_from_elsewhere.onnx
 
     Exit 0: every verdict passed; 4: a verdict failed; 1: a backend could not be checked (or a requested one was
     skipped).
@@ -249,7 +304,7 @@ def parity(model: ModelArg = "ResNet50",
     report = parity_mod.parity(model, backends if backends is not None else ("" if artifact else "all"),
                                synthetic=synthetic, fmt=fmt, images=images, count=count, batch_size=batch_size,
                                threads=threads, overrides=overrides, strict=strict, artifact=artifact,
-                               profile=profile, log=_err)
+                               profile=profile, log=_progress)
     typer.echo(report.render())
     if json_file:
         atomic_write_text(json_file, report.to_json())
@@ -270,14 +325,14 @@ def evaluate(model: ModelArg,
              root: Annotated[Optional[Path], typer.Option("--root", help="Folder the list's paths are relative to "
                                                           "(default: the list's folder).")] = None,
              synthetic: SyntheticOpt = False,
-             batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-             threads: Annotated[Optional[int], typer.Option("--threads")] = None) -> None:
+             batch_size: BatchSizeOpt = 8,
+             threads: ThreadsOpt = None) -> None:
     """Top-1/Top-5 accuracy of each backend on a labelled list, side by side with Paddle Inference."""
     from ppdeploy.evaluate import evaluate as run_eval
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
     report = run_eval(model, names, data, root=root, synthetic=synthetic, batch_size=batch_size, threads=threads,
-                      log=_err)
+                      log=_progress)
     typer.echo(report.render())
     if any(r.status == "error" for r in report.results):
         raise typer.Exit(EXIT_ERROR)
@@ -312,6 +367,10 @@ def bench(model: ModelArg = "ResNet50",
           fmt: FormatOpt = "json") -> None:
     """Latency, images/s, memory and load time per backend and batch size, against Paddle Inference fp32.
 
+    Example:
+
+      deploy bench ResNet50 --synthetic --backends all --batch-sizes 1,8 --plot bench.png
+
     Exit 0: every row ran and passed parity; 4: a row failed its parity verdict; 3: some rows could not run.
     """
     import os
@@ -328,7 +387,7 @@ def bench(model: ModelArg = "ResNet50",
     settings = BenchSettings(batch_sizes=sizes, threads=threads or os.cpu_count() or 1, warmup=warmup, iters=iters,
                              rounds=min(rounds, iters), parity_images=parity_images if parity_check else 0,
                              e2e_passes=passes if e2e else 0)
-    report = run_bench(model, backends, settings, synthetic=synthetic, fmt=fmt, images=images, log=_err)
+    report = run_bench(model, backends, settings, synthetic=synthetic, fmt=fmt, images=images, log=_progress)
     typer.echo(report.render())
     if json_file:
         atomic_write_text(json_file, report.to_json())
@@ -340,6 +399,30 @@ def bench(model: ModelArg = "ResNet50",
     if any(b.status == "error" for b in report.backends):
         _err("some backends could not be benchmarked; see the tables")
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command()
+def samples(output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write the photos to (created).")],
+            count: Annotated[int, typer.Option("--count", min=1, max=1000, help="How many images.")] = 16,
+            role: Annotated[str, typer.Option("--role", help="Which built-in set: judge (default: the held-out "
+                                              "parity photos), shape, calibration or validation.")] = "judge") -> None:
+    """Write real sample photos (JPEG and PNG) to a folder, to try 'deploy run' on.
+
+    They are crops, flips, scales and JPEG re-encodings of a few photos shipped inside installed packages
+    (scikit-image, matplotlib, scikit-learn): --role judge gives variations of matplotlib's grace_hopper.jpg and
+    scikit-learn's china.jpg and flower.jpg. Example:
+
+      deploy samples -o photos/ && deploy run --images photos/ --synthetic
+    """
+    from ppdeploy.errors import one_line
+    from ppdeploy.samples import ROLE_PHOTOS, write_sample_folder
+
+    if role not in ROLE_PHOTOS:
+        raise DeployError(one_line(f"--role {role}", "unknown", "choose one of: " + ", ".join(ROLE_PHOTOS)))
+    paths = write_sample_folder(output, count, role=role)
+    sources = ", ".join(f"{photo.distribution} {photo.name}" for photo in ROLE_PHOTOS[role])
+    _progress(f"wrote {len(paths)} {role} photos to {output} (variations of: {sources})")
+    typer.echo(str(output))
 
 
 @app.command()
@@ -384,7 +467,12 @@ def serve(model: ModelArg,
           replica_cpus: Annotated[float, typer.Option("--replica-cpus", min=0.01, help="--engine ray: CPUs "
                                                       "reserved per replica.")] = 1.0,
           address: AddressOpt = None) -> None:
-    """Serve a model over HTTP with dynamic batching: POST /v1/classify, /healthz, /readyz, /metrics, /docs."""
+    """Serve a model over HTTP with dynamic batching: POST /v1/classify, /healthz, /readyz, /metrics, /docs.
+
+    Example (one image as the raw body, or several as multipart file parts under any field name):
+
+      deploy serve ResNet50 --synthetic & curl --data-binary @photo.jpg localhost:8000/v1/classify
+    """
     from ppdeploy.serving import ServeSettings
 
     _check_engine(engine)
@@ -399,7 +487,7 @@ def serve(model: ModelArg,
 
         config = ModelConfig(model, backend, synthetic, fmt, device, threads, max_batch, topk)
         serve_until_stopped(config, settings, replicas=replicas, max_replicas=max_replicas,
-                            replica_cpus=replica_cpus, address=address, log=_err)
+                            replica_cpus=replica_cpus, address=address, log=_progress)
         return
     from ppdeploy.registry import require
 
@@ -411,8 +499,8 @@ def serve(model: ModelArg,
     sock = bind_socket(host, port)  # a busy port fails before the model loads
     try:
         with Classifier(model, backend, synthetic=synthetic, fmt=fmt, device=device, threads=threads,
-                        batch_size=max_batch, topk=topk, log=_err) as clf:
-            run_server(clf, settings, sock=sock, access_log=access_log, log=_err)
+                        batch_size=max_batch, topk=topk, log=_progress) as clf:
+            run_server(clf, settings, sock=sock, access_log=access_log, log=_progress)
     finally:
         sock.close()
 
@@ -448,23 +536,50 @@ def _format_record(record: dict) -> str:
             f"label_name(s): {record['label_names']}")
 
 
-def main() -> None:
-    """Console entry point: a DeployError becomes one line on stderr and exit code 1 (traceback with -v);
-    Ctrl-C prints one line and exits 130 (Typer turns KeyboardInterrupt into a silent exit 130 itself)."""
+def main(args: Optional[list[str]] = None) -> None:
+    """Console entry point. Exit codes: see ``EXIT_*``.
+
+    A DeployError becomes one line on stderr and exit code 1 (traceback with -v); a usage error one line and 2;
+    Ctrl-C one line, ``interrupted``, and 130. Root flags (``-v``, ``-q``) are accepted after the sub-command too.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    if not {"--verbose", "-v"} & set(argv):  # third-party C++ logs (Paddle's glog, OpenCV) only with --verbose
+        import os
+
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    if argv and argv[0] not in ROOT_FLAGS:
+        moved = [a for a in argv[1:] if a in ROOT_FLAGS]
+        argv = moved + [argv[0]] + [a for a in argv[1:] if a not in ROOT_FLAGS] if moved else argv
     try:
-        app()
+        code = typer.main.get_command(app).main(args=argv, prog_name="deploy", standalone_mode=False)
     except DeployError as exc:
         if _STATE["verbose"]:
             raise
         _err(f"error: {exc}")
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except typer.Abort:
+        _err("aborted")
+        sys.exit(EXIT_ERROR)
+    except typer.TyperException as exc:  # click's usage errors, vendored by Typer
+        sys.exit(_usage_error(exc))
+    if code == EXIT_INTERRUPTED:
         _err("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
-    except SystemExit as exc:
-        if exc.code == EXIT_INTERRUPTED:
-            _err("interrupted")
-        raise
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _usage_error(exc) -> int:
+    """One line for a usage error (help when the command line was empty); the exit code."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        typer.echo(ctx.get_help())
+        return 2
+    command = ctx.command_path if ctx is not None else "deploy"
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    _err(f"error: {command} | {message} | see '{command} --help'")
+    return getattr(exc, "exit_code", 2)
 
 
 if __name__ == "__main__":

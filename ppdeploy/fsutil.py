@@ -30,6 +30,18 @@ def sha256_files(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _as_created(path: Path, directory: bool) -> None:
+    """Give a temp file or folder (created 0600/0700 by ``tempfile``) the mode a plain create would under the umask."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
     with staging_file(path) as tmp:
@@ -51,6 +63,7 @@ def staging_file(final: str | os.PathLike) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
+    _as_created(Path(tmp), directory=False)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
@@ -71,6 +84,7 @@ def staging_dir(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    _as_created(tmp, directory=True)
     try:
         yield tmp
         if final.exists():

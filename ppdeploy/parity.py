@@ -23,6 +23,7 @@ import numpy as np
 
 from ppdeploy.errors import DeployError, one_line
 from ppdeploy.profiles import LOG_FLOOR, PROFILES, Profile  # noqa: F401  (re-exported)
+from ppdeploy.runtimes.base import runs_as as describe_runtime
 
 Log = Callable[[str], None]
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -194,7 +195,7 @@ def _row(result: BackendResult) -> list[str]:
     mark = {"pass": "PASS", "fail": "FAIL", "skipped": "skip", "error": "ERROR"}[result.status]
     if result.status == "pass" and result.calibration_overlap:
         mark = "PASS*"
-    runs_as = result.details.get("inference_precision") or result.details.get("precision") or ""
+    runs_as = describe_runtime(result.details) if result.details else ""
     m = result.metrics
     if m is None:
         return [result.backend, mark, result.profile or "-", runs_as] + ["-"] * 8 + [f"{result.seconds:.1f}"]

@@ -64,7 +64,8 @@ def _private_names(path: Path) -> list[tuple[int, str]]:
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ppdeploy"):
-            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names if a.name.startswith("_")]
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]  # dunders (__version__) are public
     return found
 
 

@@ -85,14 +85,19 @@ def test_slim_install_still_helps_and_diagnoses(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "extra"), [
-    (["run", "--backend", "onnx", "--images", "."], "onnx"),
-    (["run", "--backend", "openvino-int8", "--images", "."], "openvino"),
+    (["run", "--backend", "onnx", "--images", "PHOTOS"], "onnx"),
+    (["run", "--backend", "openvino-int8", "--images", "PHOTOS"], "openvino"),
     (["convert", "ResNet18", "--synthetic", "--to", "onnx"], "paddle"),
     (["serve", "ResNet18", "--synthetic"], "serve"),
-    (["run", "--engine", "ray", "--images", "."], "ray"),
+    (["run", "--engine", "ray", "--images", "PHOTOS"], "ray"),
 ], ids=["onnx", "openvino-int8", "convert", "serve", "ray"])
 def test_missing_backend_names_its_extra_in_one_line(tmp_path, args, extra):
-    done = _slim(args, tmp_path)
+    from ppdeploy.samples import write_sample_folder
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_sample_folder(photos, 1)
+    done = _slim([str(photos) if arg == "PHOTOS" else arg for arg in args], tmp_path)
     assert done.returncode == 1, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and f"pip install 'ppdeploy[{extra}]'" in lines[0], done.stderr

@@ -86,17 +86,37 @@ def _convert_cmd(model_dir: Path, out: Path) -> list[str]:
 
 
 def test_sigkill_mid_conversion_leaves_nothing_trusted(model, tmp_path):
+    """Killed while paddle2onnx runs: nothing trusted, nothing left in /tmp, the next run cleans up and rebuilds."""
+    import tempfile
+
+    scratch = Path(tempfile.gettempdir())
+    before = set(scratch.glob("ppdeploy-p2o-*"))
     out = tmp_path / "killed"
     proc = subprocess.Popen(_convert_cmd(model.directory, out), stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
-    while time.time() < deadline and not any(p.name.startswith(".killed") for p in tmp_path.iterdir()):
-        time.sleep(0.05)  # wait until the staging folder exists: the conversion is under way
+    while time.time() < deadline and not any(tmp_path.glob(".killed.*.partial/ppdeploy-p2o-*")):
+        time.sleep(0.05)  # wait until paddle2onnx's scratch folder exists: the conversion is under way
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists()
+    assert set(scratch.glob("ppdeploy-p2o-*")) <= before, "a killed conversion must not leave scratch in /tmp"
     done = subprocess.run(_convert_cmd(model.directory, out), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "manifest.json").read_text())["target"] == "onnx"
+    assert not list(tmp_path.glob(".killed.*.partial")), "the next run removes the killed run's staging folder"
+
+
+def test_artifacts_and_manifests_follow_the_umask(model, tmp_path):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = convert_model(model, "onnx", out_dir=tmp_path / "modes")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    for name in ("manifest.json", "model.onnx"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
 
 
 def test_concurrent_conversions_share_one_artifact(model, tmp_path):

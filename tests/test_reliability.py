@@ -213,8 +213,11 @@ def test_could_not_run_exits_1_with_one_line(case, model_dir, mixed, tmp_path, c
     assert_one_line_error(err, *COULD_NOT_RUN[case])
 
 
-def test_verbose_shows_the_traceback():
-    cmd = [sys.executable, "-m", "ppdeploy.cli", "--verbose", *run_args(Path("/nonexistent/model"), ".")]
+def test_verbose_shows_the_traceback(tmp_path):
+    from ppdeploy.samples import write_sample_folder
+
+    write_sample_folder(tmp_path, 1)
+    cmd = [sys.executable, "-m", "ppdeploy.cli", "--verbose", *run_args(Path("/nonexistent/model"), tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "Traceback (most recent call last)" in done.stderr and "ModelNotFoundError" in done.stderr

@@ -39,6 +39,7 @@ from ppdeploy.bench.report import (
 from ppdeploy.bench.worker import Worker, WorkerSpec
 from ppdeploy.errors import BackendUnavailableError, DeployError
 from ppdeploy.registry import Choice
+from ppdeploy.runtimes.base import runs_as
 
 Log = Callable[[str], None]
 
@@ -218,23 +219,11 @@ def _workers(variants: Sequence[Choice], artifacts: dict[str, Path], report: Ben
             info.load_seconds = worker.ready["load_seconds"]
             info.baseline_rss_mb = worker.ready["baseline_rss_mb"]
             info.details = worker.ready["details"]
-            info.runs_as = runs_as(info.details)
+            info.runs_as = runs_as(info.details, full=True)
         yield workers
     finally:
         for worker in workers.values():
             worker.close()
-
-
-def runs_as(details: dict[str, str]) -> str:
-    """What a runtime reports it runs: artifact precision, compute precision, provider (``int8, f32 compute``)."""
-    parts = [details.get("precision", "?")]
-    if details.get("inference_precision"):
-        parts.append(f"{details['inference_precision']} compute")
-    if details.get("provider"):
-        parts.append(details["provider"].removesuffix("ExecutionProvider"))
-    if details.get("onednn") == "on":
-        parts.append("oneDNN")
-    return ", ".join(parts)
 
 
 def measure_model_only(workers: dict[str, Worker], report: BenchReport, settings: BenchSettings, batch: np.ndarray,

@@ -57,7 +57,7 @@ def convert(src: Path, dst: Path, options: ConvertOptions) -> ConvertResult:
     opset = check_opset(options.opset)
     model_file, params_file = paddle_files(Path(src))
     check_params_file(params_file)  # paddle2onnx turns a truncated file into a graph missing weights, silently
-    raw = run_paddle2onnx(model_file, params_file, opset)
+    raw = run_paddle2onnx(model_file, params_file, opset, work=Path(dst))
     model, counts = simplify(_load_bytes(raw, model_file))
     set_batch_dim(model, BATCH_DIM)
     target = Path(dst) / MODEL_FILE
@@ -101,14 +101,17 @@ def paddle_files(src: Path) -> tuple[Path, Path]:
     return src, params
 
 
-def run_paddle2onnx(model_file: Path, params_file: Path, opset: int) -> bytes:
+def run_paddle2onnx(model_file: Path, params_file: Path, opset: int, *, work: Path | None = None) -> bytes:
     """Run paddle2onnx in a child process and return the serialized ONNX model.
+
+    Its scratch folder goes inside ``work`` (the pipeline's staging folder): a conversion killed with SIGKILL
+    leaves it where the next run's cleanup finds it, never in ``/tmp`` for good.
 
     Raises:
         ConversionError: one line with paddle2onnx's own error message, exit code or signal.
     """
     check_opset(opset)  # an out-of-range opset would SIGABRT the child; never hand it one
-    with tempfile.TemporaryDirectory(prefix="ppdeploy-p2o-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ppdeploy-p2o-", dir=work) as tmp:
         out = Path(tmp) / "raw.onnx"
         cmd = [sys.executable, "-m", _CHILD_MODULE, str(model_file), str(params_file), str(opset), str(out)]
         try:

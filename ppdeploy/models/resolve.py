@@ -203,10 +203,19 @@ def _export_cached(spec: ModelSpec, key: str, *, fmt: str, synthetic: bool = Fal
         existing = _find_or_none(out_dir)  # another process may have exported it meanwhile
         if existing:
             return existing
+        import time
+
+        from rich.console import Console
+
         from ppdeploy.models.export import export_model
 
+        console = Console(stderr=True, highlight=False, soft_wrap=True)
+        what = "synthetic weights" if synthetic else f"weights {weights}"
+        console.print(f"Exporting {spec.name} with {what} ({fmt}) to the cache (once; 10-60 s) ...", markup=False)
+        started = time.perf_counter()
         export_model(spec, out_dir, weights=weights, synthetic=synthetic, fmt=fmt,
                      shape_images=default_shape_set() if synthetic else None)
+        console.print(f"Exported {spec.name} in {time.perf_counter() - started:.1f} s", markup=False)
     return find_paddle_model(out_dir)
 
 

@@ -88,3 +88,27 @@ class Runtime:
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+
+_SAME = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}  # artifact precision → the compute type that is no change
+
+
+def runs_as(details: dict[str, str], *, full: bool = False) -> str:
+    """What a runtime computes in, for reports, from its ``details``.
+
+    ``fp32``; ``fp16 weights, f32 compute`` (decompressed on a CPU without native fp16); ``fp32 weights, bf16
+    compute``; ``int8 (f32 for unquantized layers)``. ``full`` adds the provider and oneDNN (bench tables).
+    """
+    precision, compute = details.get("precision", "?"), details.get("inference_precision")
+    if precision == "int8":
+        text = "int8" + (f" ({compute} for unquantized layers)" if compute and compute != "int8" else "")
+    elif compute and compute != _SAME.get(precision):
+        text = f"{precision} weights, {compute} compute"
+    else:
+        text = precision
+    parts = [text]
+    if full and details.get("provider"):
+        parts.append(details["provider"].removesuffix("ExecutionProvider"))
+    if full and details.get("onednn") == "on":
+        parts.append("oneDNN")
+    return ", ".join(parts)
