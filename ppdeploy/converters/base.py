@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class ConvertOptions:
             layers go back to fp32 until it holds. ``None``: plain quantization (the drop is still measured).
         workspace_mb: TensorRT workspace limit.
         preprocess: preprocessing config dict (resize_short, crop_size, mean, std, scale).
+        log: where a converter reports the steps of a long conversion (one line each; the pipeline passes its own).
     """
 
     target: str = ""
@@ -43,6 +45,12 @@ class ConvertOptions:
     max_drop: float | None = 0.01
     workspace_mb: int = 1024
     preprocess: dict[str, Any] = field(default_factory=dict)
+    log: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+
+    def say(self, line: str) -> None:
+        """Report one step of a long conversion (nothing when no ``log`` was given)."""
+        if self.log is not None:
+            self.log(line)
 
     def __post_init__(self) -> None:
         # The cheap half of the calibration/validation disjointness check, so that the same folder for both fails

@@ -98,9 +98,11 @@ def convert(src: Path, dst: Path, options: ConvertOptions) -> ConvertResult:
     batch = np.ascontiguousarray(preprocess_batch(calib.images, config), dtype=np.float32)
     target = Path(dst) / MODEL_FILE
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=target.parent) as tmp:
+        options.say(f"int8: calibrating on {len(batch)} photos ({CALIBRATION_METHOD}), then measuring top-1 "
+                    f"agreement with fp32 on {len(validation.images)} validation photos ...")
         quantizer = Quantizer(Path(src), Path(tmp), batch)
         excluded, control = quantize_with_control(quantizer, target, preprocess_batch(validation.images, config),
-                                                  options.max_drop)
+                                                  options.max_drop, say=options.say)
     qdq = check_symmetric(target)
     check = verify_onnx(target, input_size=options.input_size)
     return ConvertResult(MODEL_FILE, "int8", info={
@@ -169,7 +171,7 @@ class Quantizer:
 
 
 def quantize_with_control(quantizer: Quantizer, target: Path, validation: np.ndarray,
-                          max_drop: float | None) -> tuple[list[str], dict]:
+                          max_drop: float | None, *, say=lambda line: None) -> tuple[list[str], dict]:
     """Quantize into ``target``, excluding layers while the drop on ``validation`` exceeds ``max_drop``.
 
     Returns:
@@ -186,6 +188,8 @@ def quantize_with_control(quantizer: Quantizer, target: Path, validation: np.nda
     plain, before, outputs = attempt([], "plain.onnx")
     chosen, after, groups, order, count, rounds = plain, before, {}, [], 0, []
     if max_drop is not None and 1.0 - before[accuracy.METRIC] > max_drop:
+        say(f"int8: agreement {before[accuracy.METRIC]:.3f} misses --max-drop {max_drop}: searching the fewest "
+            "layers to keep in fp32 ...")
         groups = exclusion_groups(quantizer.model, plain, quantizer.head)
         _, scores = accuracy.item_scores(reference, outputs)
         order = rank_by_noise(quantizer, plain, groups, validation[np.argsort(scores)[:RANKING_IMAGES]])
@@ -193,6 +197,7 @@ def quantize_with_control(quantizer: Quantizer, target: Path, validation: np.nda
         def excluding(layers: int) -> tuple[Path, dict[str, float]]:
             path, measured, _ = attempt(_nodes(groups, order[:layers]), f"exclude-{layers}.onnx")
             rounds.append({"fp32_layers": layers, accuracy.METRIC: measured[accuracy.METRIC]})
+            say(f"int8: {layers} layer(s) in fp32 -> agreement {measured[accuracy.METRIC]:.3f}")
             return path, measured
 
         # Never every layer: a model with no int8 layer left is no int8 artifact.

@@ -76,6 +76,9 @@ def convert(src: Path, dst: Path, options: ConvertOptions) -> ConvertResult:
     core = _core()
     model = read_ir(core, Path(src))
     _check_fits(model, batch, options)
+    options.say(f"int8: NNCF calibration on {len(batch)} photos"
+                + (f", accuracy control on {len(validation.images)} validation photos" if options.max_drop is not None
+                   else "") + " ...")
     quantized, control = quantize(model, batch, preprocess_batch(validation.images, config), options.max_drop)
     xml = Path(dst) / MODEL_FILE
     ov.save_model(quantized, str(xml), compress_to_fp16=False)

@@ -78,7 +78,7 @@ def convert_model(model: Any, target: str, *, options: ConvertOptions | None = N
     ok, reason = spec.availability()
     if not ok:
         raise BackendUnavailableError(one_line(f"target '{target}'", reason))
-    options = dataclasses.replace(options or default_options(model, target), target=target)
+    options = dataclasses.replace(options or default_options(model, target), target=target, log=log)
     if options.opset not in SUPPORTED_OPSETS:
         raise ConversionError(one_line(f"--opset {options.opset}", "unsupported",
                                        f"use {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} (default 17)"))
