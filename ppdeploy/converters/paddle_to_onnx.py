@@ -111,6 +111,8 @@ def run_paddle2onnx(model_file: Path, params_file: Path, opset: int, *, work: Pa
         ConversionError: one line with paddle2onnx's own error message, exit code or signal.
     """
     check_opset(opset)  # an out-of-range opset would SIGABRT the child; never hand it one
+    if work is not None:
+        Path(work).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ppdeploy-p2o-", dir=work) as tmp:
         out = Path(tmp) / "raw.onnx"
         cmd = [sys.executable, "-m", _CHILD_MODULE, str(model_file), str(params_file), str(opset), str(out)]
