@@ -194,12 +194,33 @@ def _decode(data: bytes, name: str | Path, limit: int | None) -> np.ndarray:
     kind = _sniff_format(data)
     if kind == "JPEG" and _jpeg_is_truncated(data):
         raise ImageError(one_line(f"image '{name}'", "JPEG data is truncated", _REEXPORT))
-    bgr = _imdecode(data)
+    bgr = _imdecode(without_color_profile(data) if kind == "PNG" else data)
     if bgr is None:
         raise ImageError(_undecodable_message(name, kind))
     if limit is not None:
         _check_pixels(name, bgr.shape[1], bgr.shape[0], limit)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def without_color_profile(data: bytes) -> bytes:
+    """A PNG without its ``iCCP`` chunk: OpenCV ignores colour profiles when decoding (the pixels are the same), but
+    libpng prints a warning straight to stderr for a malformed one (scikit-image's page.png has one), and that noise
+    would reach every run. Anything that is not a well-formed chunk stream is returned unchanged."""
+    if not data.startswith(_PNG_SIGNATURE) or b"iCCP" not in data:
+        return data
+    chunks, offset = [data[:8]], 8
+    while offset + 12 <= len(data):
+        length = int.from_bytes(data[offset:offset + 4], "big")
+        end = offset + 12 + length
+        if end > len(data):
+            return data
+        if data[offset + 4:offset + 8] != b"iCCP":
+            chunks.append(data[offset:end])
+        offset = end
+    return b"".join(chunks) if offset == len(data) else data
 
 
 def _read_bytes(path: Path) -> bytes:

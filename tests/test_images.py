@@ -237,3 +237,24 @@ def test_list_errors_name_the_path(tree, target, reason):
     with pytest.raises(ImageError) as info:
         list_images(path)
     assert_one_line_naming(info, path, reason)
+
+
+def test_png_color_profile_is_dropped_without_changing_pixels_or_printing(capfd):
+    """scikit-image's page.png carries a malformed iCCP chunk: libpng warns on stderr for it on every decode (every
+    synthetic export used to show the line). Decoding without the profile gives the same pixels, silently."""
+    import os
+
+    import skimage
+
+    from ppdeploy.images import decode_image, without_color_profile
+
+    path = os.path.join(os.path.dirname(skimage.__file__), "data", "page.png")
+    data = open(path, "rb").read()
+    assert b"iCCP" in data and b"iCCP" not in without_color_profile(data)
+    capfd.readouterr()
+    ours = decode_image(path)
+    assert "libpng" not in capfd.readouterr().err
+    theirs = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+    capfd.readouterr()
+    assert np.array_equal(ours, theirs)
+    assert without_color_profile(data[:40]) == data[:40]  # a cut stream is left alone
