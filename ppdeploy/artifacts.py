@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ TEST_BATCH = 2  # images in the test run every new artifact gets before it is tr
 def tool_versions() -> dict[str, str | None]:
     """Installed versions of every tool that can shape an artifact (``None`` when absent): ppdeploy, each
     backend's distributions and each target's tools, as the registry declares them."""
+    from importlib import metadata
+
     from ppdeploy.registry import tool_distributions
 
     versions: dict[str, str | None] = {}

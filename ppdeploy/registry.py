@@ -16,7 +16,6 @@ import importlib.util
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 from ppdeploy.errors import BackendUnavailableError, ConversionError, one_line
@@ -139,6 +138,8 @@ class Backend:
 
     def installed(self) -> list[tuple[str, str]]:
         """``[(distribution, version), ...]`` of the ``distributions`` that are installed."""
+        from importlib import metadata
+
         found = []
         for dist in self.distributions:
             try:

@@ -152,3 +152,15 @@ def test_samples_writes_real_photos_to_try(tmp_path):
     assert all(decode_image(p).shape[2] == 3 for p in files)
     bad = _deploy("samples", "-o", str(tmp_path / "x"), "--role", "holiday", home=tmp_path / "home")
     assert bad.returncode == 1 and "--role holiday | unknown" in bad.stderr
+
+
+def test_help_builds_from_the_registry_without_numpy_or_a_backend():
+    """``deploy --help`` lists the registry's targets and backends, yet imports no numpy and no backend library
+    (docs/benchmarks.md: help under 0.5 s)."""
+    code = ("import sys\nfrom ppdeploy.cli import main\nsys.argv = ['deploy', 'convert', '--help']\ntry:\n    main()\n"
+            "except SystemExit:\n    pass\nheavy = {'numpy', 'paddle', 'onnxruntime', 'openvino', 'onnx', 'nncf'}\n"
+            "print(sorted(heavy & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**__import__("os").environ, "COLUMNS": "200"})
+    assert "openvino-int8" in done.stdout and "trt-fp16" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-300:]

@@ -41,12 +41,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ppdeploy.converters.base import ConvertOptions
 from ppdeploy.errors import ConversionError, one_line
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ppdeploy.samples import ImageSet
 
 METRIC = "top1_agreement"  # on decisive images: near-ties (int8 profile's tie margin) always agree
@@ -95,6 +95,8 @@ def item_scores(reference: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray,
     that no precision could avoid) — and its total variation distance stays within the profile's ``max_tv``. The margin in the score is the log-probability of the reference's top-1 class
     minus the largest other log-probability in ``outputs``. Both arrays hold probabilities, shape (N, classes).
     """
+    import numpy as np
+
     from ppdeploy.profiles import PROFILES, reference_margins
 
     rows = np.arange(len(reference))
@@ -112,6 +114,8 @@ def item_scores(reference: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray,
 
 def measure(reference: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
     """Top-1 agreement and total-variation distance of ``outputs`` against ``reference``, for the manifest."""
+    import numpy as np
+
     tv = 0.5 * np.abs(outputs.astype(np.float64) - reference).sum(1)
     agree, _ = item_scores(reference, outputs)
     return {METRIC: round(float(agree.mean()), 6), "mean_tv": round(float(tv.mean()), 6),

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ppdeploy.errors import ConversionError, first_line, one_line
 
 if TYPE_CHECKING:
@@ -127,6 +125,7 @@ def _foldable(bn: onnx.NodeProto, conv: onnx.NodeProto, inits: dict, consumers: 
 
 
 def _fold_into_conv(graph: onnx.GraphProto, inits: dict, bn: onnx.NodeProto, conv: onnx.NodeProto) -> None:
+    import numpy as np
     from onnx import numpy_helper
 
     scale, offset, mean, var = (numpy_helper.to_array(inits[name]).astype(np.float64) for name in bn.input[1:5])

@@ -57,8 +57,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ppdeploy.converters import accuracy
 from ppdeploy.converters.base import ConvertOptions, ConvertResult
 from ppdeploy.converters.onnx_graph import MODEL_FILE, verify_onnx
@@ -66,6 +64,7 @@ from ppdeploy.errors import ConversionError, one_line
 from ppdeploy.registry import Target, register_target
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
 
     from ppdeploy.preprocess import PreprocessConfig
@@ -91,6 +90,8 @@ def convert(src: Path, dst: Path, options: ConvertOptions) -> ConvertResult:
         ConversionError: overlapping calibration and validation images, quantization failure, a non-zero zero
             point, or a model that fails the checker or the test run.
     """
+    import numpy as np
+
     from ppdeploy.preprocess import preprocess_batch
 
     calib, validation = accuracy.image_sets(options)
@@ -177,6 +178,8 @@ def quantize_with_control(quantizer: Quantizer, target: Path, validation: np.nda
     Returns:
         Every node left in fp32, and the keyword arguments of :func:`accuracy.control_record` but the validation set.
     """
+    import numpy as np
+
     started = time.perf_counter()
     reference = run_onnx(quantizer.src, validation)
 
@@ -300,6 +303,7 @@ def rank_by_noise(quantizer: Quantizer, qdq: Path, groups: dict[str, list[str]],
 
 def run_onnx(path: Path, batch: np.ndarray, chunk: int = CALIBRATION_CHUNK) -> np.ndarray:
     """Outputs of the ONNX model at ``path`` on ``batch`` (ONNX Runtime, CPU)."""
+    import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -366,6 +370,7 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
 
 def check_symmetric(path: Path) -> int:
     """Count QuantizeLinear nodes and refuse a model with a non-zero int8 zero point (TensorRT needs zeros)."""
+    import numpy as np
     import onnx
     from onnx import numpy_helper
 

@@ -33,15 +33,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ppdeploy.converters import accuracy
 from ppdeploy.converters.base import ConvertOptions, ConvertResult
 from ppdeploy.converters.openvino_ir import MODEL_FILE, read_ir
 from ppdeploy.errors import OPENVINO_LOCATION_LINES, ConversionError, DeployError, first_line, one_line
 from ppdeploy.registry import Target, register_target
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PRESET = "performance"
 # Bound the search (ResNet200_vd has ~200 quantizer groups; ranking each on the whole validation set took longer
@@ -175,6 +176,8 @@ def quantize(model, batch: np.ndarray, validation: np.ndarray, max_drop: float |
 
 def _validation_fn(compiled, items) -> tuple[float, list[float]]:
     """NNCF's metric: mean and per-item scores of :func:`accuracy.item_scores` against the stored reference."""
+    import numpy as np
+
     items = list(items)
     outputs = np.concatenate([compiled(x)[0] for x, _ in items])
     _, scores = accuracy.item_scores(np.stack([reference for _, reference in items]), outputs)
@@ -190,6 +193,8 @@ def _core():
 
 def infer(model, batch: np.ndarray, chunk: int = 8) -> np.ndarray:
     """Outputs of ``model`` (an ``ov.Model``) on ``batch``, compiled for the CPU with f32 compute."""
+    import numpy as np
+
     compiled = _core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     return np.concatenate([compiled(batch[i:i + chunk])[0] for i in range(0, len(batch), chunk)])
 

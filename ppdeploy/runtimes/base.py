@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, ClassVar
 
 from ppdeploy.errors import BackendUnavailableError, InputSpecError, one_line
 from ppdeploy.registry import Backend, get_backend
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class TensorSpec:
 
     def check(self, array: np.ndarray) -> None:
         """Raise ``InputSpecError`` unless ``array`` fits this spec."""
+        import numpy as np
+
         fits = array.ndim == len(self.shape) and all(
             want is None or want == got for want, got in zip(self.shape, array.shape))
         if not fits or array.dtype != np.dtype(self.dtype):
@@ -68,6 +71,8 @@ class Runtime:
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Run one float32 NCHW batch and return the model's first output (probabilities)."""
+        import numpy as np
+
         if not self.inputs:
             raise InputSpecError(one_line(f"backend '{self.name}'", "runtime is closed"))
         self.inputs[0].check(batch)

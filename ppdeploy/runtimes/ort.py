@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ppdeploy.artifacts import artifact_model_file, load_manifest
 from ppdeploy.errors import ArtifactError, BackendUnavailableError, one_line
 from ppdeploy.fsutil import cache_home
 from ppdeploy.registry import Backend, register_backend
 from ppdeploy.runtimes.base import Runtime, TensorSpec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
@@ -63,6 +64,8 @@ class OrtRuntime(Runtime):
         return providers + [(CUDA_EP, {"device_id": 0}), CPU_EP]
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         result = self._session.run([self._output_name], {self.inputs[0].name: batch})[0]
         return result.astype(np.float32, copy=False)
 

@@ -9,9 +9,7 @@ the compiled model, and reported in ``details["inference_precision"]``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ppdeploy.artifacts import artifact_model_file, load_manifest
 from ppdeploy.errors import (
@@ -24,6 +22,9 @@ from ppdeploy.errors import (
 )
 from ppdeploy.registry import Backend, Variant, register_backend
 from ppdeploy.runtimes.base import Runtime, TensorSpec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEVICES = {"cpu": "CPU", "gpu": "GPU", "auto": "AUTO"}
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
@@ -104,6 +105,8 @@ class OpenVinoRuntime(Runtime):
         return details
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         self._request.infer({0: batch})
         # The request's output buffer is reused by the next call: hand out a copy.
         return np.array(self._request.get_output_tensor(0).data, dtype=np.float32, copy=True)
@@ -246,6 +249,8 @@ def _check_performance_hint(value: str) -> str:
 
 
 def _spec(port) -> TensorSpec:
+    import numpy as np
+
     shape = tuple(dim.get_length() if dim.is_static else None for dim in port.get_partial_shape())
     return TensorSpec(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()).name)
 
@@ -265,6 +270,7 @@ def precision_probe() -> str:
 
 def raw_call(runtime: OpenVinoRuntime, artifact_dir: str, threads: int):
     """The same IR compiled with the same properties, called through one InferRequest (bench overhead)."""
+
     import openvino as ov
 
     core = ov.Core()

@@ -6,13 +6,15 @@ import json
 import os
 import re
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ppdeploy.errors import ArtifactError, BackendUnavailableError, first_line, one_line
 from ppdeploy.models.paddle_files import PaddleModel, check_params_file, find_paddle_model
 from ppdeploy.registry import Backend, register_backend
 from ppdeploy.runtimes.base import Runtime, TensorSpec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 GPU_HINT = ("install paddlepaddle-gpu on a CUDA machine (PyPI has 2.6.2 for CUDA 11.8, which reads .pdmodel "
             "only; Paddle 3 GPU wheels come from paddlepaddle.org.cn)")

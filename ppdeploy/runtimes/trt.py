@@ -9,9 +9,7 @@ module imports on any machine. Not run in CI: there is no GPU there (tests/conve
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ppdeploy.artifacts import artifact_model_file, check_compatible, load_manifest
 from ppdeploy.errors import ArtifactError, BackendUnavailableError, InputSpecError, one_line
@@ -27,6 +25,9 @@ from ppdeploy.gpu import (
 )
 from ppdeploy.registry import Backend, register_backend
 from ppdeploy.runtimes.base import Runtime, TensorSpec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class TensorRtRuntime(Runtime):
@@ -135,11 +136,15 @@ class TorchMemory:
         return buffer.data_ptr()
 
     def upload(self, pointer: int, array: np.ndarray) -> None:
+        import numpy as np
+
         host = self._torch.from_numpy(array.reshape(-1).view(np.uint8))
         with self._torch.cuda.stream(self.stream):
             self._buffers[pointer][:array.nbytes].copy_(host, non_blocking=True)
 
     def download(self, array: np.ndarray, pointer: int) -> None:
+        import numpy as np
+
         host = self._torch.from_numpy(array.reshape(-1).view(np.uint8))
         with self._torch.cuda.stream(self.stream):
             host.copy_(self._buffers[pointer][:array.nbytes])  # blocking: waits for the stream's work
@@ -182,6 +187,8 @@ class EngineRunner:
         self._allocate(tuple(int(d) for d in max_shape))
 
     def _allocate(self, max_input: tuple[int, ...]) -> None:
+        import numpy as np
+
         self.context.set_input_shape(self.input_name, max_input)
         max_output = tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
         self._in_dtype = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
@@ -201,6 +208,8 @@ class EngineRunner:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Copy ``batch`` in, execute on the runner's stream, copy the output out (a new array)."""
+        import numpy as np
+
         if batch.shape[0] > self.max_batch:
             raise InputSpecError(one_line(f"input '{self.input_name}'", f"batch {batch.shape[0]}",
                                           f"this engine takes 1..{self.max_batch}; reconvert with a larger "
