@@ -108,7 +108,7 @@ def test_run(artifact_dir: str | Path, manifest: dict[str, Any]) -> tuple[int, .
     record = get_backend(str(manifest["backend"]))
     where = str(artifact_model_file(artifact_dir, manifest))
     try:
-        with record.runtime(artifact_dir, device=record.devices[0]) as runtime:
+        with record.runtime(artifact_dir, device=record.preferred_device) as runtime:
             # The model's own static dims win over the options' input size (a yaml may ask for another crop).
             wanted = [TEST_BATCH, *manifest["input_shape_range"]["max"][1:]]
             dims = [want if dim is None else dim for dim, want in zip(runtime.inputs[0].shape, wanted)]

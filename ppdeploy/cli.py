@@ -35,8 +35,7 @@ def _names(kind: str) -> str:
 
     if kind == "targets":
         return ", ".join(registry.targets())
-    aliases = [alias for record in registry.backends().values() for alias in record.aliases]
-    return ", ".join(["auto", *registry.choice_names()]) + f" (aliases: {', '.join(aliases)})"
+    return ", ".join(["auto", *registry.choice_names()]) + f" (aliases: {', '.join(registry.aliases())})"
 
 ModelArg = Annotated[str, typer.Argument(help="Zoo name (see 'deploy models') or a Paddle inference model folder.")]
 SyntheticOpt = Annotated[bool, typer.Option("--synthetic", help="Seeded synthetic weights instead of a download "

@@ -64,7 +64,7 @@ def gpus() -> list[dict[str, str]]:
 
 def diagnose() -> Diagnosis:
     """Probe the machine and every registered backend (its record says how: packages, extra, precision probe)."""
-    from ppdeploy.registry import auto_order, backends, targets
+    from ppdeploy.registry import auto_order, backends, configurations
 
     model, isa = cpu_info()
     diagnosis = Diagnosis(model, isa, gpus())
@@ -74,8 +74,7 @@ def diagnose() -> Diagnosis:
         row = {"name": name, "available": "yes" if ok else "no", "reason": reason,
                "version": ", ".join(f"{dist} {version}" for dist, version in installed) or "None",
                "extra": record.extra,
-               "targets": ", ".join([t for t, target in targets().items() if target.backend == name]
-                                    + [v.name for v in record.variants])}
+               "targets": ", ".join(configurations(record))}
         mixed = record.mixed_install()
         if mixed:
             row["mixed"] = mixed

@@ -132,6 +132,11 @@ class Backend:
     file_suffixes: tuple[str, ...] = ()
     inspector: str = ""
 
+    @property
+    def preferred_device(self) -> str:
+        """CPU wherever the backend has it (a GPU-only backend, TensorRT, runs on its GPU)."""
+        return "cpu" if "cpu" in self.devices else self.devices[0]
+
     def availability(self) -> tuple[bool, str]:
         """(available, reason) without importing the backend's library."""
         return _availability(self.imports, self.extra, self.check)
@@ -307,8 +312,7 @@ class Choice:
     def runtime(self, artifact_dir: Any, *, device: str | None = None, threads: int | None = None):
         """Load ``artifact_dir`` with this choice's runtime and options (on its preferred device by default)."""
         record = self.record
-        device = device or ("cpu" if "cpu" in record.devices else record.devices[0])
-        return record.runtime(artifact_dir, device=device, threads=threads, **self.options)
+        return record.runtime(artifact_dir, device=device or record.preferred_device, threads=threads, **self.options)
 
     def availability(self) -> tuple[bool, str]:
         """Whether the runtime and (if any) the conversion target can run here, and why not."""
@@ -320,7 +324,7 @@ class Choice:
         return ok, reason
 
 
-def _configurations(record: Backend) -> list[str]:
+def configurations(record: Backend) -> list[str]:
     """A backend's targets, each followed by the variants that run it (``openvino-bf16`` beside ``openvino``)."""
     names = []
     for name, target in targets().items():
@@ -333,7 +337,7 @@ def choice_names() -> list[str]:
     """Every value ``--backend`` accepts besides ``auto`` and aliases: the reference, backends, targets, variants."""
     names = [PADDLE]
     for name, record in backends().items():
-        names += [name, *_configurations(record)]
+        names += [name, *configurations(record)]
     return list(dict.fromkeys(names))
 
 
@@ -341,7 +345,7 @@ def matrix_names() -> list[str]:
     """Every distinct configuration, once (``all`` in parity and bench): the reference, targets, variants."""
     names = [PADDLE]
     for record in backends().values():
-        names += _configurations(record)
+        names += configurations(record)
     return list(dict.fromkeys(names))
 
 
@@ -362,9 +366,13 @@ def resolve(name: str, device: str = "cpu") -> Choice:
     if found is not None:
         return Choice(found.name, targets()[found.target].backend, found.target, found.profile, dict(found.options),
                       found.check)
-    aliases = [a for record in records.values() for a in record.aliases]
     raise BackendUnavailableError(one_line(f"backend '{name}'", "unknown",
-                                           "choose one of: auto, " + ", ".join([*choice_names(), *aliases])))
+                                           "choose one of: auto, " + ", ".join([*choice_names(), *aliases()])))
+
+
+def aliases() -> list[str]:
+    """Every backend's other names (``trt``, ``ort``, ...)."""
+    return [alias for record in backends().values() for alias in record.aliases]
 
 
 def _target_choice(name: str) -> Choice:

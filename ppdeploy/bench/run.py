@@ -193,9 +193,7 @@ def _make_runtime(variant: Choice, artifact_dir: Path, threads: int) -> Any:
 
 
 def _device(variant: Choice) -> str:
-    """CPU wherever the backend has it (a GPU-only backend, TensorRT, runs on its GPU)."""
-    devices = variant.record.devices
-    return "cpu" if "cpu" in devices else devices[0]
+    return variant.record.preferred_device
 
 
 @contextlib.contextmanager
