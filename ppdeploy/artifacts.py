@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
-from ppdeploy.errors import ArtifactError, one_line
-from ppdeploy.fsutil import atomic_write_text
+from ppdeploy.errors import ArtifactError, DeployError, one_line
+from ppdeploy.fsutil import atomic_write_text, file_stamp, sha256_file
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 TEST_BATCH = 2  # images in the test run every new artifact gets before it is trusted
+HASHES = "sha256"  # manifest key: {file name: sha256} of every artifact file, taken when it was written
+# Beside the manifest: {file name: [device, inode, size, mtime ns, ctime ns, sha256]} of files already verified,
+# so a load re-hashes only files whose stamp changed (a read-only cache keeps the record in memory only).
+VERIFIED = ".verified.json"
+
+
+class TamperedArtifactError(ArtifactError):
+    """An artifact file's content differs from the sha256 its manifest recorded when it was written."""
 
 
 def tool_versions() -> dict[str, str | None]:
@@ -54,7 +63,13 @@ def load_manifest(artifact_dir: str | Path) -> dict[str, Any]:
 
 
 def artifact_model_file(artifact_dir: str | Path, manifest: dict[str, Any] | None = None) -> Path:
-    """The artifact's main file (plus, for OpenVINO IR, its ``.bin``), checked to exist."""
+    """The artifact's main file (plus, for OpenVINO IR, its ``.bin``), checked to exist and, when the manifest
+    records content hashes, to hold the bytes it was written with (:func:`verify_files`).
+
+    Raises:
+        ArtifactError: a file is missing.
+        TamperedArtifactError: a file's content changed since it was written.
+    """
     artifact_dir = Path(artifact_dir)
     manifest = manifest or load_manifest(artifact_dir)
     model_file = artifact_dir / manifest["model_file"]
@@ -63,7 +78,60 @@ def artifact_model_file(artifact_dir: str | Path, manifest: dict[str, Any] | Non
         if not path.is_file():
             raise ArtifactError(one_line(str(path), "missing from the artifact",
                                          "delete the folder and reconvert with 'deploy convert'"))
+    verify_files(artifact_dir, manifest)
     return model_file
+
+
+def file_hashes(artifact_dir: Path) -> dict[str, str]:
+    """sha256 of every file of a freshly written artifact (not the manifest, not dot-files), for its manifest."""
+    return {path.name: sha256_file(path) for path in sorted(Path(artifact_dir).iterdir())
+            if path.is_file() and path.name != MANIFEST and not path.name.startswith(".")}
+
+
+def verify_files(artifact_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Check every file against the sha256 the manifest recorded (manifests without hashes are not checked).
+
+    Cheap when nothing changed: a file whose (device, inode, size, mtime, ctime) stamp was verified before, in
+    this process or by an earlier one (``.verified.json``), is not read again; any other is hashed in full.
+
+    Raises:
+        ArtifactError: a listed file is missing.
+        TamperedArtifactError: a file's content differs; the message names the file and how to rebuild it.
+    """
+    hashes = manifest.get(HASHES)
+    if not isinstance(hashes, dict):
+        return
+    artifact_dir = Path(artifact_dir)
+    record = _read_verified(artifact_dir)
+    verified = {}
+    for name, expected in sorted(hashes.items()):
+        path = artifact_dir / name
+        try:
+            stamp = file_stamp(path)
+        except OSError:
+            raise ArtifactError(one_line(str(path), "missing from the artifact",
+                                         "delete the folder and reconvert with 'deploy convert'")) from None
+        verified[name] = [*stamp, expected]
+        if record.get(name) == verified[name]:
+            continue
+        actual = sha256_file(path)  # memoised per stamp: a second load in this process reads nothing
+        if actual != expected:
+            raise TamperedArtifactError(one_line(
+                str(path), f"content changed since it was written (sha256 {actual[:12]}..., the manifest "
+                f"recorded {expected[:12]}...)", f"rebuild it: deploy convert {manifest.get('model_name', 'MODEL')} "
+                f"--to {manifest.get('target', 'TARGET')} --force, or delete {artifact_dir} (the next run "
+                "rebuilds it)"))
+    if verified != record:
+        with contextlib.suppress(OSError, DeployError):  # a read-only cache: remembered in this process only
+            atomic_write_text(artifact_dir / VERIFIED, json.dumps(verified) + "\n")
+
+
+def _read_verified(artifact_dir: Path) -> dict[str, list]:
+    try:
+        data = json.loads((artifact_dir / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def check_compatible(manifest: dict[str, Any], *, source_hash: str | None = None,

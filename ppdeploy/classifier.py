@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,27 +43,38 @@ class Classifier:
         threads: inference threads (default: the backend's choice).
         batch_size: images per batch.
         topk: classes per result record.
+        mode: ``latency`` (one batch at a time) or ``throughput`` (several batches in flight: higher images/s
+            for folders and servers; see ``Runtime``).
+        requests: throughput mode's batches in flight (default: the backend's choice).
         log: called with progress lines (conversion, backend choice).
     """
 
     def __init__(self, model: str | Path = "ResNet50", backend: str = "auto", *, synthetic: bool = False,
                  fmt: str = "json", device: str = "cpu", threads: int | None = None, batch_size: int = 8,
-                 topk: int = 5, log: Log | None = None) -> None:
+                 topk: int = 5, mode: str = "latency", requests: int | None = None, log: Log | None = None) -> None:
         from ppdeploy.models.resolve import resolve_model
+        from ppdeploy.optimize.package import is_package
         from ppdeploy.preprocess import PreprocessConfig
         from ppdeploy.registry import resolve
 
-        self.choice = resolve(backend, device)  # an unknown or missing backend fails before any download or export
-        ok, reason = self.choice.availability()
-        if not ok:
-            raise BackendUnavailableError(one_line(f"backend '{self.choice.label}'", reason))
-        self.model = resolve_model(model, synthetic=synthetic, fmt=fmt)
-        if backend == "auto" and log:
-            log(f"--backend auto chose '{self.choice.label}' for device '{device}'")
-        default = self.model.spec.preprocess_config() if self.model.spec else PreprocessConfig()
-        self.preprocess = PreprocessConfig.for_model_dir(self.model.paddle.directory, default)
-        self.artifact_dir = self._artifact(log)
-        self.runtime = self.choice.runtime(self.artifact_dir, device=device, threads=threads)
+        say = log or (lambda line: None)
+        self.decision = None
+        if is_package(model):  # a deployment package made by 'deploy optimize': its choice, its artifact
+            self._open_package(Path(model), backend, device, say)
+            self.model = None
+            self.preprocess = PreprocessConfig.for_model_dir(model, PreprocessConfig.for_model_dir(
+                self.artifact_dir, PreprocessConfig()))
+        else:
+            self.choice = resolve(backend, device)  # an unknown or missing backend fails before any export
+            self._check_available()
+            self.model = resolve_model(model, synthetic=synthetic, fmt=fmt)
+            if backend == "auto":
+                self._auto(device, say)
+            default = self.model.spec.preprocess_config() if self.model.spec else PreprocessConfig()
+            self.preprocess = PreprocessConfig.for_model_dir(self.model.paddle.directory, default)
+            self.artifact_dir = self._artifact(log)
+        self.runtime = self.choice.runtime(self.artifact_dir, device=device, threads=threads, mode=mode,
+                                           requests=requests)
         try:
             self._check_input_size()
             classes = self.runtime.outputs[0].shape[-1] if self.runtime.outputs else None
@@ -74,6 +86,57 @@ class Classifier:
             raise
         self.batch_size = batch_size
         self.topk = topk
+
+    @property
+    def model_name(self) -> str:
+        """The model's name (a package's: the one it was decided for)."""
+        return self.model.name if self.model is not None else self.decision.data["model"]["name"]
+
+    def _check_available(self) -> None:
+        ok, reason = self.choice.availability()
+        if not ok:
+            raise BackendUnavailableError(one_line(f"backend '{self.choice.label}'", reason))
+
+    def _open_package(self, folder: Path, backend: str, device: str, say: Log) -> None:
+        from ppdeploy.optimize.package import load_package
+        from ppdeploy.registry import resolve
+
+        self.decision = load_package(folder)
+        if backend not in ("auto", self.decision.label):
+            raise DeployError(one_line(f"--backend {backend}", f"the package {folder} holds "
+                                       f"'{self.decision.label}'", "drop --backend, or use the model itself"))
+        self.choice = resolve(self.decision.label, device)
+        self._check_available()
+        self.artifact_dir = self.decision.artifact_dir
+        say(f"package {folder}: {self.decision.describe()}")
+        self._warn_if_elsewhere(folder)
+
+    def _auto(self, device: str, say: Log) -> None:
+        """``--backend auto``: this model's measured decision on this machine if there is one, else the static
+        order; says which."""
+        from ppdeploy.converters.pipeline import model_key
+        from ppdeploy.optimize.package import cached_decision
+        from ppdeploy.registry import resolve
+
+        decision = cached_decision(model_key(self.model))
+        if decision is not None and device == "cpu" and decision.mismatch() is None:
+            measured = resolve(decision.label, device)
+            if measured.availability()[0]:
+                self.choice, self.decision = measured, decision
+                say(f"--backend auto: measured decision {decision.describe()}")
+                return
+        why = ("its measured decision was made on another machine" if decision is not None
+               else "no measured decision for this model; 'deploy optimize' makes one")
+        say(f"--backend auto chose '{self.choice.label}' for device '{device}' from the static order ({why})")
+
+    def _warn_if_elsewhere(self, folder: Path) -> None:
+        from ppdeploy import progress
+
+        difference = self.decision.mismatch()
+        if difference:
+            progress.warn(f"{folder} was decided on another machine ({difference}); the choice may not be the "
+                          f"fastest here: re-run the decision with '{self.decision.data.get('command')} -o "
+                          f"{folder}'")
 
     def _artifact(self, log: Log | None) -> Path:
         if self.choice.target is None:
@@ -90,12 +153,13 @@ class Classifier:
         crop = self.preprocess.crop_size
         if len(shape) != 4 or None in shape[2:] or shape[2:] == (crop, crop):
             return
-        directory = self.model.paddle.directory
+        directory = self.model.paddle.directory if self.model else self.artifact_dir.parent  # a package's root
         model_size = f"{shape[2]}x{shape[3]}"
         yaml = next((directory / name for name in YAML_NAMES if (directory / name).is_file()), None)
         if yaml is not None:
+            model_file = self.model.paddle.model_file.name if self.model else self.artifact_dir.name
             raise InputSpecError(one_line(str(yaml), f"CropImage size {crop} does not fit the model's {model_size} "
-                                          f"input ({self.model.paddle.model_file.name})",
+                                          f"input ({model_file})",
                                           f"set CropImage size to {shape[2]} in it, or use the model it was "
                                           "written for"))
         raise InputSpecError(one_line(str(directory), f"the default preprocessing crops {crop}x{crop} but the "
@@ -117,14 +181,33 @@ class Classifier:
 
         pixel_limit()  # a bad $PPDEPLOY_MAX_PIXELS stops the run here, instead of becoming every image's error
         size = batch_size or self.batch_size
-        chunks = _chunks(expand_inputs(inputs), size)
+        order: deque[tuple[list[InputItem], list[InputItem]]] = deque()  # batches fed, not yet answered
+
+        def feed() -> Iterator[np.ndarray]:
+            for items in self._decoded(_chunks(expand_inputs(inputs), size)):
+                good = [item for item in items if item.error is None]
+                order.append((items, good))
+                if good:
+                    yield np.stack([item.tensor for item in good])
+
+        for probs in self.runtime.infer_stream(feed()):
+            while True:  # batches with no readable image get their error records in their turn
+                items, good = order.popleft()
+                yield self._records(items, good, probs if good else None)
+                if good:
+                    break
+        while order:
+            items, good = order.popleft()
+            yield self._records(items, good, None)
+
+    def _decoded(self, chunks: Iterator[list[Any]]) -> Iterator[list[InputItem]]:
+        """Decoded and preprocessed batches, two ahead of the consumer (OpenCV and the backends release the GIL)."""
         with ThreadPoolExecutor(max_workers=2) as pool:
-            # Decode the next batch while the current one runs: OpenCV and the backends release the GIL.
             pending = [pool.submit(_load_all, chunk, self.preprocess) for chunk in _take(chunks, 2)]
             while pending:
                 items = pending.pop(0).result()
                 pending.extend(pool.submit(_load_all, chunk, self.preprocess) for chunk in _take(chunks, 1))
-                yield self._classify_items(items)
+                yield items
 
     def classify_batch(self, sources: list[Any]) -> list[dict]:
         """Decode, preprocess and classify one batch of files (paths) as one runtime call, in order.

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ppdeploy import progress, registry
 from ppdeploy.errors import DeployError
 
 # Paddle nags about ccache (a build cache for its C++ extensions, unused here) on every import.
@@ -17,7 +18,7 @@ warnings.filterwarnings("ignore", message="No ccache found", category=UserWarnin
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="PaddleClas ResNet models to ONNX, OpenVINO and TensorRT, with parity checks against Paddle.")
-_STATE = {"verbose": False, "quiet": False}
+_STATE = {"verbose": False}
 # Root flags a user may put anywhere, also after the sub-command (``deploy run ... -v``), as in gh or Polygraphy.
 ROOT_FLAGS = ("--verbose", "-v", "--quiet", "-q")
 
@@ -31,8 +32,6 @@ EXIT_INTERRUPTED = 130
 
 def _names(kind: str) -> str:
     """Help text listing what the registry offers: ``targets`` or ``choices`` (what --backend takes)."""
-    from ppdeploy import registry
-
     if kind == "targets":
         return ", ".join(registry.targets())
     return ", ".join(["auto", *registry.choice_names()]) + f" (aliases: {', '.join(registry.aliases())})"
@@ -48,19 +47,19 @@ ENGINES = ("local", "ray")
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference call.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Inference threads (default: the "
                                                    "backend's choice, usually all cores).")]
+ModeOpt = Annotated[str, typer.Option("--mode", help="throughput: several batches in flight, each on a share of "
+                                      "the cores (more images/s); latency: one batch at a time on every core.")]
 DEFAULT_MODEL = "ResNet50"
 
 
 def _err(line: str) -> None:
     from rich.console import Console
 
+    progress.stop()
     Console(stderr=True, highlight=False, soft_wrap=True).print(line, markup=False)
 
 
-def _progress(line: str) -> None:
-    """A progress line on stderr (stdout stays clean for --json); ``--quiet`` drops it."""
-    if not _STATE["quiet"]:
-        _err(line)
+_progress = progress.say  # a progress line on stderr (stdout stays clean for --json); --quiet drops it
 
 
 def _version(value: bool) -> None:
@@ -79,7 +78,7 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tr
           version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                               help="Print the version and exit.")] = False) -> None:
     _STATE["verbose"] = verbose
-    _STATE["quiet"] = quiet
+    progress.set_quiet(quiet)
 
 
 @app.command()
@@ -182,6 +181,34 @@ def convert(model: ModelArg,
     typer.echo(str(out))
 
 
+@app.command("export-repo")
+def export_repo(model: ModelArg,
+                repo_format: Annotated[str, typer.Option("--format", help="triton or ovms (OpenVINO Model "
+                                                         "Server).")],
+                output: Annotated[Path, typer.Option("-o", "--output", help="Repository folder to write (new or "
+                                                     "empty).")],
+                targets: Annotated[Optional[str], typer.Option("--targets", help="Comma list of targets, one model "
+                                                               "each (default: onnx for triton, openvino for "
+                                                               "ovms).")] = None,
+                max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Largest batch the server may "
+                                                       "form.")] = 8,
+                synthetic: SyntheticOpt = False) -> None:
+    """Write a model repository for Triton Inference Server or OpenVINO Model Server (see docs/serving.md).
+
+    Example:
+
+      deploy export-repo ResNet50 --format triton --targets onnx,openvino -o model_repository/
+    """
+    from ppdeploy.models.resolve import resolve_model
+    from ppdeploy.serving.repo import check_request
+    from ppdeploy.serving.repo import export_repo as write_repo
+
+    names = [name.strip() for name in (targets or "").split(",") if name.strip()]
+    names = check_request(repo_format, names, max_batch, output)  # before any download or conversion
+    resolved = resolve_model(model, synthetic=synthetic)
+    typer.echo(str(write_repo(resolved, repo_format, names, max_batch=max_batch, output=output, log=_progress)))
+
+
 def _warn_missed_drop(artifact: Path, target: str) -> None:
     from ppdeploy.artifacts import load_manifest
 
@@ -203,6 +230,7 @@ def run(images: Annotated[str, typer.Option("--images", help="An image file, a f
         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
         device: Annotated[str, typer.Option("--device", help="cpu or gpu.")] = "cpu",
         threads: ThreadsOpt = None,
+        mode: ModeOpt = "throughput",
         synthetic: SyntheticOpt = False,
         fmt: FormatOpt = "json",
         output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the records to a *.jsonl "
@@ -224,7 +252,8 @@ def run(images: Annotated[str, typer.Option("--images", help="An image file, a f
     from ppdeploy.images import list_images, pixel_limit
     from ppdeploy.results import output_format
 
-    _check_engine(engine)
+    _check_choice("--engine", engine, ENGINES)
+    _check_choice("--mode", mode, registry.MODES)
     if output is not None:
         output_format(output)  # a bad suffix fails before the model loads
     pixel_limit()  # and so do a bad $PPDEPLOY_MAX_PIXELS and a missing or empty images path
@@ -239,14 +268,14 @@ def run(images: Annotated[str, typer.Option("--images", help="An image file, a f
         require_ray("data")
         from ppdeploy.scaleout.ray_data import classify_on_ray
 
-        config = ModelConfig(model, backend, synthetic, fmt, device, threads, batch_size, topk)
+        config = ModelConfig(model, backend, synthetic, fmt, device, threads, batch_size, topk, mode)
         failed = _emit(classify_on_ray(images, config, actors=actors, actor_cpus=actor_cpus, address=address,
                                        log=_progress), output, as_json)
     else:
         from ppdeploy.classifier import Classifier
 
         with Classifier(model, backend, synthetic=synthetic, fmt=fmt, device=device, threads=threads,
-                        batch_size=batch_size, topk=topk, log=_progress) as clf:
+                        batch_size=batch_size, topk=topk, mode=mode, log=_progress) as clf:
             failed = _emit(clf.predict(images), output, as_json)
     if failed:
         _err(f"{failed} input(s) could not be classified; see their error records")
@@ -354,6 +383,8 @@ def bench(model: ModelArg = "ResNet50",
                                                      "parity profile on held-out judge photos.")] = True,
           parity_images: Annotated[int, typer.Option("--parity-images", min=1, help="Judge photos for the parity "
                                                      "verdicts (int8 needs >= 100).")] = 120,
+          throughput: Annotated[bool, typer.Option("--throughput/--no-throughput", help="Also time every row in "
+                                                   "throughput mode (several requests in flight).")] = True,
           e2e: Annotated[bool, typer.Option("--e2e", help="Also time the whole pipeline over --images and a "
                                             "PaddleClas-style serial loop.")] = False,
           images: Annotated[Optional[Path], typer.Option("--images", help="Photo folder for --e2e (default: 64 "
@@ -385,7 +416,7 @@ def bench(model: ModelArg = "ResNet50",
         raise DeployError(f"--batch-sizes '{batch_sizes}' | not a comma list of positive integers | e.g. 1,4,8")
     settings = BenchSettings(batch_sizes=sizes, threads=threads or os.cpu_count() or 1, warmup=warmup, iters=iters,
                              rounds=min(rounds, iters), parity_images=parity_images if parity_check else 0,
-                             e2e_passes=passes if e2e else 0)
+                             e2e_passes=passes if e2e else 0, throughput=throughput)
     report = run_bench(model, backends, settings, synthetic=synthetic, fmt=fmt, images=images, log=_progress)
     typer.echo(report.render())
     if json_file:
@@ -398,6 +429,47 @@ def bench(model: ModelArg = "ResNet50",
     if any(b.status == "error" for b in report.backends):
         _err("some backends could not be benchmarked; see the tables")
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command()
+def optimize(model: ModelArg = "ResNet50",
+             targets: Annotated[str, typer.Option("--targets", help="'all' or a comma list of: "
+                                                  f"{_names('choices')} (paddle, the reference, always takes "
+                                                  "part).")] = "all",
+             strategy: Annotated[str, typer.Option("--strategy", help="throughput (most images/s), latency (lowest "
+                                                   "p99 at batch 1) or latency-budget=MS (most images/s within "
+                                                   "MS).")] = "throughput",
+             batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="auto (1,4,8,16,32, stopped when "
+                                                      "images/s gains < 5%) or a comma list.")] = "auto",
+             images: Annotated[Optional[Path], typer.Option("--images", help="Your judge photos for the parity "
+                                                            "verdicts (default: built-in held-out photos).")
+                               ] = None,
+             output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the deployment package "
+                                                            "(artifact, decision, reports, README) here.")] = None,
+             threads: ThreadsOpt = None,
+             iters: Annotated[int, typer.Option("--iters", min=1, help="Timed calls per candidate, batch size and "
+                                                "mode.")] = 12,
+             synthetic: SyntheticOpt = False,
+             fmt: FormatOpt = "json") -> None:
+    """The fastest deployment that passes parity, measured here. Exit 0: chosen; 4: no candidate passed.
+
+    Converts every available target, judges each with the parity checker on held-out photos, times the passing
+    ones in latency and throughput mode, picks by strategy, keeps the decision for --backend auto and writes a
+    package that 'deploy run --model', 'deploy serve' and Classifier() load.
+
+    Example:
+
+      deploy optimize ResNet50 --synthetic -o resnet50-deploy/ && deploy run --model resnet50-deploy/ --images photos/
+    """
+    from ppdeploy.optimize import optimize as run_optimize
+
+    result = run_optimize(model, synthetic=synthetic, fmt=fmt, targets=targets, strategy=strategy,
+                          batch_sizes=batch_sizes, images=images, output=output, threads=threads, iters=iters,
+                          log=_progress)
+    typer.echo(result.render())
+    if result.chosen is None:
+        _err("no candidate passed parity within the strategy; see the table")
+        raise typer.Exit(EXIT_VERDICT)
 
 
 @app.command()
@@ -455,6 +527,7 @@ def serve(model: ModelArg,
           topk: Annotated[int, typer.Option("--topk", min=1, help="Default classes per image.")] = 5,
           device: Annotated[str, typer.Option("--device", help="cpu or gpu.")] = "cpu",
           threads: Annotated[Optional[int], typer.Option("--threads", help="Inference threads per worker.")] = None,
+          mode: ModeOpt = "latency",
           access_log: Annotated[bool, typer.Option("--access-log", help="Log every request.")] = False,
           synthetic: SyntheticOpt = False,
           fmt: FormatOpt = "json",
@@ -474,7 +547,8 @@ def serve(model: ModelArg,
     """
     from ppdeploy.serving import ServeSettings
 
-    _check_engine(engine)
+    _check_choice("--engine", engine, ENGINES)
+    _check_choice("--mode", mode, registry.MODES)
     settings = ServeSettings(host=host, port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, workers=workers,
                              max_queue=max_queue, max_request_bytes=max_request_bytes, max_images=max_images,
                              max_pixels=max_pixels, request_timeout_s=request_timeout, topk=topk)
@@ -484,7 +558,7 @@ def serve(model: ModelArg,
         require_ray("serve")
         from ppdeploy.scaleout.ray_serve import serve_until_stopped
 
-        config = ModelConfig(model, backend, synthetic, fmt, device, threads, max_batch, topk)
+        config = ModelConfig(model, backend, synthetic, fmt, device, threads, max_batch, topk, mode)
         serve_until_stopped(config, settings, replicas=replicas, max_replicas=max_replicas,
                             replica_cpus=replica_cpus, address=address, log=_progress)
         return
@@ -498,17 +572,17 @@ def serve(model: ModelArg,
     sock = bind_socket(host, port)  # a busy port fails before the model loads
     try:
         with Classifier(model, backend, synthetic=synthetic, fmt=fmt, device=device, threads=threads,
-                        batch_size=max_batch, topk=topk, log=_progress) as clf:
+                        batch_size=max_batch, topk=topk, mode=mode, log=_progress) as clf:
             run_server(clf, settings, sock=sock, access_log=access_log, log=_progress)
     finally:
         sock.close()
 
 
-def _check_engine(engine: str) -> None:
-    if engine not in ENGINES:
+def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
         from ppdeploy.errors import one_line
 
-        raise DeployError(one_line(f"--engine '{engine}'", "unknown engine", "choose one of: " + ", ".join(ENGINES)))
+        raise DeployError(one_line(f"{flag} '{value}'", "unknown", "choose one of: " + ", ".join(choices)))
 
 
 def _emit(batches, output: Optional[Path], as_json: bool) -> int:
@@ -519,19 +593,25 @@ def _emit(batches, output: Optional[Path], as_json: bool) -> int:
         total, failed = write_results(batches, output)
         _err(f"wrote {total} record(s) to {output}")
         return failed
+    from ppdeploy.results import json_line
+
     failed = 0
     for batch in batches:
         for record in batch:
             failed += "error" in record
-            typer.echo(json.dumps(record, ensure_ascii=False) if as_json else _format_record(record))
+            typer.echo(json_line(record) if as_json else _format_record(record))
     return failed
 
 
 def _format_record(record: dict) -> str:
+    """One text line per record, whatever bytes its file name holds (escaped: see ppdeploy.results)."""
+    from ppdeploy.results import text_name
+
+    name = text_name(record["filename"])
     if "error" in record:
-        return f"{record['filename']}:\terror: {record['error']}"
+        return f"{name}:\terror: {text_name(record['error'])}"
     scores = ", ".join(f"{s:.5f}" for s in record["scores"])
-    return (f"{record['filename']}:\tclass id(s): {record['class_ids']}, score(s): [{scores}], "
+    return (f"{name}:\tclass id(s): {record['class_ids']}, score(s): [{scores}], "
             f"label_name(s): {record['label_names']}")
 
 
@@ -547,11 +627,10 @@ def main(args: Optional[list[str]] = None) -> None:
 
         os.environ.setdefault("GLOG_minloglevel", "2")
         os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    if argv and argv[0] not in ROOT_FLAGS:
-        moved = [a for a in argv[1:] if a in ROOT_FLAGS]
-        argv = moved + [argv[0]] + [a for a in argv[1:] if a not in ROOT_FLAGS] if moved else argv
+    if "--" not in argv:  # root flags go first wherever they were typed (after "--" they are data)
+        argv = [a for a in argv if a in ROOT_FLAGS] + [a for a in argv if a not in ROOT_FLAGS]
     try:
-        code = typer.main.get_command(app).main(args=argv, prog_name="deploy", standalone_mode=False)
+        code = _command().main(args=argv, prog_name="deploy", standalone_mode=False)
     except DeployError as exc:
         if _STATE["verbose"]:
             raise
@@ -567,6 +646,22 @@ def main(args: Optional[list[str]] = None) -> None:
     if code == EXIT_INTERRUPTED:
         _err("interrupted")
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _command():
+    """The click group behind ``app``; flags show no ``<bool>`` type in help (they take no value)."""
+    group = typer.main.get_command(app)
+    for command in (group, *group.commands.values()):
+        for param in command.params:
+            _untyped_flag(param)
+        command.get_help_option = lambda ctx, made=command.get_help_option: _untyped_flag(made(ctx))
+    return group
+
+
+def _untyped_flag(param):
+    if getattr(param, "is_flag", False):
+        param.display_type_rich = lambda ctx: None
+    return param
 
 
 def _usage_error(exc) -> int:

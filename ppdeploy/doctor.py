@@ -19,6 +19,7 @@ class Diagnosis:
     backends: list[dict[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # e.g. a mixed CPU/GPU install, with the command that fixes it
     auto: dict[str, list[str]] = field(default_factory=dict)  # what --backend auto tries, per device
+    decisions: list[str] = field(default_factory=list)  # measured decisions (deploy optimize) in the cache
 
     def render(self) -> str:
         isa = ", ".join(f"{name}={'yes' if ok else 'no'}" for name, ok in self.isa.items())
@@ -34,6 +35,9 @@ class Diagnosis:
                 lines.append(f"            precision on this machine: {b['precision']}")
         for device, order in self.auto.items():
             lines.append(f"--backend auto on {device} tries: {', '.join(order) or 'nothing'}")
+        lines += ["Measured decisions (used by --backend auto before the static order):",
+                  *(f"  {line}" for line in self.decisions)] if self.decisions else \
+                 ["Measured decisions: none ('deploy optimize MODEL' makes one; --backend auto uses it)"]
         lines += [f"PROBLEM: {problem}" for problem in self.problems]
         return "\n".join(lines)
 
@@ -86,4 +90,17 @@ def diagnose() -> Diagnosis:
                 row["precision"] = f"probe failed: {type(exc).__name__}: {exc}"
         diagnosis.backends.append(row)
     diagnosis.auto = {device: auto_order(device) for device in ("cpu", "gpu")}
+    diagnosis.decisions = measured_decisions()
     return diagnosis
+
+
+def measured_decisions() -> list[str]:
+    """One line per decision in the cache: the model, the choice and whether it was measured on this machine."""
+    from ppdeploy.optimize.package import cached_decisions
+
+    lines = []
+    for key, decision in cached_decisions():
+        elsewhere = decision.mismatch()
+        lines.append(f"{key}: {decision.describe()}" + (f" [another machine: {elsewhere}; not used]" if elsewhere
+                                                        else " [this machine]"))
+    return lines

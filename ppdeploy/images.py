@@ -13,8 +13,10 @@ odd files is therefore the rule here, verified on OpenCV 5.0:
 - EXIF orientation is applied (JPEG and PNG), as ``cv2.imread`` does by default;
 - animated GIF / multi-page TIFF: the first frame; floating-point TIFF: not decodable (``ImageError``).
 
-Files that are empty, truncated, not images, unreadable, or larger than the pixel limit raise :class:`ImageError`
-with one line naming the file, the reason and the fix. The pixel limit (default 89,478,485 like Pillow's, env
+Files that are empty, truncated, not images, unreadable, not regular files (a FIFO, a device), larger than the
+byte limit or than the pixel limit raise :class:`ImageError` with one line naming the file, the reason and the fix.
+The byte limit (default 64 MiB, env ``PPDEPLOY_MAX_IMAGE_BYTES``, ``0`` disables it) is checked on the file's size
+before a byte is read, and no more than that is ever read. The pixel limit (default 89,478,485 like Pillow's, env
 ``PPDEPLOY_MAX_PIXELS``, ``0`` disables it) is checked from the file header (read with Pillow when installed)
 before the full decode, and again on the decoded size.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -31,11 +34,15 @@ import cv2
 import numpy as np
 
 from ppdeploy.errors import DeployError, ImageError, one_line
+from ppdeploy.fsutil import file_kind
 
 # PaddleClas lists jpg, jpeg, png and bmp; webp and tif/tiff are added because OpenCV decodes them too.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 89_478_485
 MAX_PIXELS_ENV = "PPDEPLOY_MAX_PIXELS"
+# The largest photo file worth decoding: a 50 MP JPEG is ~25 MB, a 16-bit 24 MP TIFF ~150 MB (raise it for those).
+DEFAULT_MAX_IMAGE_BYTES = 64 << 20
+MAX_IMAGE_BYTES_ENV = "PPDEPLOY_MAX_IMAGE_BYTES"
 
 _MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -68,19 +75,38 @@ def pixel_limit(value: int | None = None) -> int | None:
 
     Returns:
         The limit in pixels, or ``None`` when it is disabled (a value of 0).
+
+    Raises:
+        DeployError: the variable (or, read at the same time so that a run stops on either before its first
+            image, ``$PPDEPLOY_MAX_IMAGE_BYTES``) is not a count.
     """
     if value is None:
-        raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
-        if not raw:
-            return DEFAULT_MAX_PIXELS
-        try:
-            value = int(raw.replace("_", ""))
-        except ValueError:
-            raise DeployError(one_line(f"{MAX_PIXELS_ENV}={raw!r}", "not an integer",
-                                       "set it to a pixel count, or 0 to disable the limit")) from None
+        image_byte_limit()
+        value = _env_count(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS, "a pixel count")
     if value < 0:
         raise DeployError(one_line(f"max_pixels={value}", "is negative", "use a pixel count, or 0 to disable"))
     return value or None
+
+
+def image_byte_limit(value: int | None = None) -> int | None:
+    """Resolve the byte limit of an image file: ``value``, else ``$PPDEPLOY_MAX_IMAGE_BYTES``, else 64 MiB;
+    ``None`` when disabled (0)."""
+    if value is None:
+        value = _env_count(MAX_IMAGE_BYTES_ENV, DEFAULT_MAX_IMAGE_BYTES, "a byte count")
+    if value < 0:
+        raise DeployError(one_line(f"max_bytes={value}", "is negative", "use a byte count, or 0 to disable"))
+    return value or None
+
+
+def _env_count(env: str, default: int, what: str) -> int:
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw.replace("_", ""))
+    except ValueError:
+        raise DeployError(one_line(f"{env}={raw!r}", "not an integer",
+                                   f"set it to {what}, or 0 to disable the limit")) from None
 
 
 # ---------------------------------------------------------------------------------------------------- listing
@@ -107,6 +133,9 @@ def list_images(path: str | os.PathLike) -> list[Path]:
         found = [_checked_file(target)]
     elif any(char in text for char in "*?["):
         found = _expand_glob(str(target))
+    elif target.exists():
+        raise ImageError(one_line(f"image path '{text}'", f"is not a regular file ({file_kind(target.stat().st_mode)})",
+                                  "pass an image file, a folder or a glob"))
     else:
         raise ImageError(one_line(f"image path '{text}'", "does not exist", "check the path"))
     if not found:
@@ -155,20 +184,23 @@ def _expand_glob(pattern: str) -> list[Path]:
 # --------------------------------------------------------------------------------------------------- decoding
 
 
-def decode_image(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
+def decode_image(path: str | os.PathLike, *, max_pixels: int | None = None,
+                 max_bytes: int | None = None) -> np.ndarray:
     """Decode one image file to an RGB ``uint8`` array of shape (H, W, 3), as ``cv2.imread`` + BGR→RGB would.
 
     Args:
         path: the image file.
         max_pixels: largest accepted width x height; ``None`` uses ``$PPDEPLOY_MAX_PIXELS`` or the default,
             0 disables the check.
+        max_bytes: largest accepted file size; ``None`` uses ``$PPDEPLOY_MAX_IMAGE_BYTES`` or 64 MiB, 0 disables.
 
     Raises:
-        ImageError: the file is missing, unreadable, empty, truncated, not an image, or above the pixel limit.
+        ImageError: the file is missing, unreadable, not a regular file, empty, above the byte limit, truncated,
+            not an image, or above the pixel limit.
     """
     path = Path(path)
     limit = pixel_limit(max_pixels)
-    return _decode(_read_bytes(path), path, limit)
+    return _decode(_read_bytes(path, image_byte_limit(max_bytes)), path, limit)
 
 
 def decode_image_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int | None = None) -> np.ndarray:
@@ -223,20 +255,38 @@ def without_color_profile(data: bytes) -> bytes:
     return b"".join(chunks) if offset == len(data) else data
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, limit: int | None) -> bytes:
+    """The file's bytes, after checking (on the open file, before reading) that it is a regular file within
+    ``limit`` bytes; never more than ``limit`` bytes are read, whatever the file does meanwhile."""
     subject = f"image '{path}'"
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the run waiting for a writer
+        with os.fdopen(fd, "rb") as fh:
+            mode, size = (st := os.fstat(fd)).st_mode, st.st_size
+            if stat.S_ISDIR(mode):
+                raise ImageError(one_line(subject, "is a folder, not a file", "use list_images() for folders"))
+            if not stat.S_ISREG(mode):
+                raise ImageError(one_line(subject, f"is not a regular file ({file_kind(mode)})",
+                                          "pass an image file"))
+            if limit is not None and size > limit:
+                raise _too_big(subject, f"{size:,}", limit)
+            data = fh.read(limit + 1 if limit is not None else -1)
     except FileNotFoundError:
         raise ImageError(one_line(subject, "file not found", "check the path")) from None
-    except IsADirectoryError:
-        raise ImageError(one_line(subject, "is a folder, not a file", "use list_images() for folders")) from None
     except OSError as exc:
         raise ImageError(one_line(subject, f"cannot be read: {exc.strerror or exc}",
                                   "check that the file exists and is readable")) from None
+    if limit is not None and len(data) > limit:  # it grew after the size check
+        raise _too_big(subject, f"more than {limit:,}", limit)
     if not data:
         raise ImageError(one_line(subject, "file is empty (0 bytes)", _REEXPORT))
     return data
+
+
+def _too_big(subject: str, size: str, limit: int) -> ImageError:
+    return ImageError(one_line(subject, f"{size} bytes, above the image file limit of {limit:,}",
+                               f"pass a smaller file, or raise the limit ({MAX_IMAGE_BYTES_ENV} or max_bytes=; "
+                               "0 disables)"))
 
 
 def _sniff_format(data: bytes) -> str | None:

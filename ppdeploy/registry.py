@@ -23,6 +23,7 @@ from ppdeploy.errors import BackendUnavailableError, ConversionError, one_line
 PADDLE = "paddle"  # the native reference: runs the Paddle model itself, no artifact
 PLUGIN_PACKAGES = ("ppdeploy.runtimes", "ppdeploy.converters")
 DEVICES = ("cpu", "gpu")
+MODES = ("latency", "throughput")  # a Runtime's modes: one request at a time, or several in flight
 
 
 def install_hint(extra: str) -> str:
@@ -309,10 +310,13 @@ class Choice:
     def record(self) -> Backend:
         return get_backend(self.backend)
 
-    def runtime(self, artifact_dir: Any, *, device: str | None = None, threads: int | None = None):
-        """Load ``artifact_dir`` with this choice's runtime and options (on its preferred device by default)."""
+    def runtime(self, artifact_dir: Any, *, device: str | None = None, threads: int | None = None,
+                mode: str = "latency", requests: int | None = None):
+        """Load ``artifact_dir`` with this choice's runtime and options (on its preferred device by default), in
+        ``latency`` or ``throughput`` mode (``requests`` in flight; default: the backend's choice)."""
         record = self.record
-        return record.runtime(artifact_dir, device=device or record.preferred_device, threads=threads, **self.options)
+        return record.runtime(artifact_dir, device=device or record.preferred_device, threads=threads, mode=mode,
+                              requests=requests, **self.options)
 
     def availability(self) -> tuple[bool, str]:
         """Whether the runtime and (if any) the conversion target can run here, and why not."""

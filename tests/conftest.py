@@ -118,3 +118,18 @@ def _profile_agreement(reference, output) -> float:
     tie = np.log(top[:, -1] / top[:, -2]) <= profile.tie_margin
     tv = 0.5 * np.abs(output.astype(np.float64) - reference).sum(axis=1)
     return float((((output.argmax(1) == reference.argmax(1)) | tie) & (tv <= profile.max_tv)).mean())
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model):
+    """The tiny model's folder (json), for the serving tests."""
+    return tiny_model("json").directory
+
+
+@pytest.fixture(scope="module")
+def onnx_classifier(model_dir):
+    """A Classifier of the tiny model on ONNX Runtime, one per test module."""
+    from ppdeploy.classifier import Classifier
+
+    with Classifier(model_dir, "onnx") as clf:
+        yield clf

@@ -20,11 +20,12 @@ ROOT = Path(ppdeploy.__file__).parent
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = {
     "core": ("errors", "fsutil", "images", "preprocess", "postprocess", "profiles", "samples", "results",
-             "registry", "artifacts", "gpu"),
+             "registry", "artifacts", "gpu", "progress"),
     "models": ("models",),
     "converters": ("converters",),
     "runtimes": ("runtimes",),
-    "verbs": ("classifier", "parity", "evaluate", "foreign", "doctor", "bench", "serving", "scaleout"),
+    "verbs": ("classifier", "parity", "evaluate", "foreign", "doctor", "bench", "serving", "scaleout",
+              "optimize"),
     "cli": ("cli", "__init__"),
 }
 RANK = {top: rank for rank, tops in enumerate(LAYERS.values()) for top in tops}

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import io
 import json
+import math
+import os
+import signal
 import socket
+import struct
+import subprocess
 import sys
 import tarfile
 import threading
@@ -38,6 +44,8 @@ class Route:
     body: bytes
     declared_length: int | None = None  # a Content-Length larger than the body simulates a dropped transfer
     delay: float = 0.0  # seconds to wait before answering, to widen race windows
+    trickle: float = 0.0  # when set: seconds between blocks of trickle_bytes (a stalling mirror)
+    trickle_bytes: int = 1
 
 
 @dataclass
@@ -48,8 +56,9 @@ class ArchiveServer:
     routes: dict[str, Route] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
 
-    def add(self, path: str, body: bytes, *, declared_length: int | None = None, delay: float = 0.0) -> str:
-        self.routes[path] = Route(body, declared_length, delay)
+    def add(self, path: str, body: bytes, *, declared_length: int | None = None, delay: float = 0.0,
+            trickle: float = 0.0, trickle_bytes: int = 1) -> str:
+        self.routes[path] = Route(body, declared_length, delay, trickle, trickle_bytes)
         return self.base + path
 
 
@@ -66,7 +75,16 @@ def _handler_for(server: ArchiveServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/x-tar")
             self.send_header("Content-Length", str(route.declared_length or len(route.body)))
             self.end_headers()
-            self.wfile.write(route.body)
+            if route.trickle:
+                try:
+                    for start in range(0, len(route.body), route.trickle_bytes):
+                        self.wfile.write(route.body[start:start + route.trickle_bytes])
+                        self.wfile.flush()
+                        time.sleep(route.trickle)
+                except OSError:  # the client gave up
+                    pass
+            else:
+                self.wfile.write(route.body)
             self.close_connection = True
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - silence request logging
@@ -92,13 +110,14 @@ def archive_server() -> Iterator[ArchiveServer]:
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "cache"
     monkeypatch.setenv("PPDEPLOY_HOME", str(home))
+    monkeypatch.setenv("PPDEPLOY_ALLOW_HTTP", "1")  # the local server speaks plain http
     return home
 
 
 def serve_model(server: ArchiveServer, monkeypatch: pytest.MonkeyPatch, name: str, body: bytes, *,
-                mirror: str = "/mirror", declared_length: int | None = None, delay: float = 0.0) -> str:
+                mirror: str = "/mirror", **route) -> str:
     monkeypatch.setenv("PPDEPLOY_MODEL_BASE_URL", server.base + mirror)
-    return server.add(f"{mirror}/{get_model(name).archive_name}", body, declared_length=declared_length, delay=delay)
+    return server.add(f"{mirror}/{get_model(name).archive_name}", body, **route)
 
 
 # --- tar builders --------------------------------------------------------------------------------------------
@@ -118,9 +137,35 @@ def file_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
     return tarfile.TarInfo(name), data
 
 
-def legacy_tar(name: str = "ResNet18", *, top_folder: bool = True, files: dict[str, bytes] | None = None) -> bytes:
-    """An archive in the official layout: ``{name}_infer/inference.*`` (or flat)."""
-    files = files or {filename: f"placeholder {filename}".encode() for filename in LEGACY_FILES}
+@functools.lru_cache(maxsize=4)
+def resnet_params(name: str) -> bytes:
+    """An ``inference.pdiparams`` with the tensor shapes of zoo entry ``name`` (all zeros), written here from
+    Paddle's ``save_combine`` layout (per tensor: uint32 version, uint64 LoD levels, uint32 tensor version, int32
+    size of the ``TensorDesc`` protobuf, the protobuf, the float32 data), independently of ppdeploy's reader."""
+    from ppdeploy.models.resnet import parameter_shapes
+
+    def varint(value: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+            value >>= 7
+            if not value:
+                return bytes(out)
+
+    chunks = []
+    for shape in parameter_shapes(get_model(name)).values():
+        desc = b"\x08" + varint(5) + b"".join(b"\x10" + varint(dim) for dim in shape)  # FP32, dims
+        chunks += [struct.pack("<IQIi", 0, 0, 0, len(desc)), desc, bytes(4 * math.prod(shape))]
+    return b"".join(chunks)
+
+
+def legacy_tar(name: str = "ResNet18", *, top_folder: bool = True, files: dict[str, bytes] | None = None,
+               params_of: str | None = None) -> bytes:
+    """An archive in the official layout: ``{name}_infer/inference.*`` (or flat), its ``inference.pdiparams``
+    shaped like zoo entry ``params_of`` (default ``name``) and the other files placeholders."""
+    if files is None:
+        files = {filename: f"placeholder {filename}".encode() for filename in LEGACY_FILES}
+        files["inference.pdiparams"] = resnet_params(params_of or name)
     prefix = f"{name}_infer/" if top_folder else ""
     members = []
     if top_folder:
@@ -157,6 +202,7 @@ def test_fetch_extracts_official_layout_and_reuses_it(archive_server, cache, mon
     assert sorted(p.name for p in directory.iterdir()) == sorted([*LEGACY_FILES, "fetch.json"])
     assert (directory / "inference.pdmodel").read_bytes() == b"placeholder inference.pdmodel"
     record = json.loads((directory / "fetch.json").read_text())
+    assert record["verified_by"] == "architecture"
     assert record["sha256"] == hashlib.sha256(body).hexdigest()
     assert record["bytes"] == len(body)
     assert record["archive"] == "ResNet18_infer.tar"
@@ -178,7 +224,8 @@ def test_fetch_flat_archive_with_progress_bar(archive_server, cache, monkeypatch
 def test_fetch_honours_base_url_and_archive_stem(archive_server, cache, monkeypatch):
     spec = get_model("Fix_ResNet50_vd_ssld")
     monkeypatch.setenv("PPDEPLOY_MODEL_BASE_URL", archive_server.base + "/some/mirror/")
-    archive_server.add("/some/mirror/Fix_ResNet50_vd_ssld_v2_infer.tar", legacy_tar("Fix_ResNet50_vd_ssld_v2"))
+    archive_server.add("/some/mirror/Fix_ResNet50_vd_ssld_v2_infer.tar",
+                       legacy_tar("Fix_ResNet50_vd_ssld_v2", params_of="Fix_ResNet50_vd_ssld"))
 
     directory = fetch_model(spec, progress=False)
 
@@ -348,6 +395,171 @@ def test_real_exported_model_fetches_and_loads_in_paddle_inference(archive_serve
     probs = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
     assert probs.shape == (1, 1000)
     assert np.isclose(probs.sum(), 1.0, atol=1e-4)
+
+    # The same real export served as ResNet34 is refused: its parameters are ResNet18's.
+    serve_model(archive_server, monkeypatch, "ResNet34", legacy_tar("ResNet34", files=files))
+    with pytest.raises(DownloadError) as caught:
+        fetch_model(get_model("ResNet34"), progress=False)
+    assert "not ResNet34" in str(caught.value) and "fit ResNet18" in str(caught.value)
+    assert not (cache / "models" / "ResNet34").exists()
+
+
+# --- hostile mirrors (issue 18) --------------------------------------------------------------------------------
+
+
+def test_plain_http_mirror_is_refused_unless_allowed(archive_server, cache, monkeypatch):
+    serve_model(archive_server, monkeypatch, "ResNet18", legacy_tar())
+    monkeypatch.delenv("PPDEPLOY_ALLOW_HTTP")
+    with pytest.raises(DownloadError) as caught:
+        fetch_model(get_model("ResNet18"), progress=False)
+    message = str(caught.value)
+    assert message.startswith(f"{archive_server.base}/mirror/ResNet18_infer.tar | plain http")
+    assert "PPDEPLOY_ALLOW_HTTP=1" in message and "\n" not in message
+    assert archive_server.requests == [], "refused before connecting"
+    monkeypatch.setenv("PPDEPLOY_ALLOW_HTTP", "1")
+    assert (fetch_model(get_model("ResNet18"), progress=False) / "inference.pdiparams").is_file()
+
+
+def test_resnet34_served_as_resnet18_is_refused(archive_server, cache, monkeypatch):
+    serve_model(archive_server, monkeypatch, "ResNet18", legacy_tar("ResNet18", params_of="ResNet34"))
+    with pytest.raises(DownloadError) as caught:
+        fetch_model(get_model("ResNet18"), progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and "not ResNet18" in message
+    assert "holds 187 tensors (21.82 M values) that fit ResNet34" in message, message
+    assert "ResNet18 has 107 (11.70 M)" in message
+    assert_cache_clean(cache)
+
+
+def test_pinned_checksum_skips_nothing_but_is_recorded(archive_server, cache, monkeypatch):
+    body = legacy_tar()
+    serve_model(archive_server, monkeypatch, "ResNet18", body)
+    directory = fetch_model(get_model("ResNet18"), progress=False, expected_sha256=hashlib.sha256(body).hexdigest())
+    assert json.loads((directory / "fetch.json").read_text())["verified_by"] == "sha256"
+
+
+def test_checksum_table_format_parses():
+    from ppdeploy.models.zoo import archive_checksums, parse_checksums
+
+    digest = "ab" * 32
+    text = f"# comment\n{digest}  ResNet50_infer.tar\n{digest.upper()} *ResNet18_infer.tar  # binary mode mark\nbad\n"
+    assert parse_checksums(text) == {"ResNet50_infer.tar": digest, "ResNet18_infer.tar": digest}
+    assert isinstance(archive_checksums(), dict), "the shipped table parses"
+
+
+def _gzip_tar_of_zeros(name: str, size: int) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        tar.addfile(info, io.BytesIO(bytes(size)))
+        for filename in ("inference.pdmodel", "inference.pdiparams.info"):
+            tar.addfile(*file_member(f"ResNet18_infer/{filename}", b"x")[:1], io.BytesIO(b"x"))
+    return buffer.getvalue()
+
+
+def test_tar_bomb_bound_follows_the_declared_model(archive_server, cache, monkeypatch):
+    from ppdeploy.models.identify import max_archive_bytes
+
+    bound = max_archive_bytes(get_model("ResNet18"))
+    assert 100 << 20 < bound < 200 << 20  # ResNet18's 11.7 M float32 values, twice, plus the program
+    body = _gzip_tar_of_zeros("ResNet18_infer/inference.pdiparams", bound + (1 << 20))
+    assert len(body) < 2 << 20, "a small download"
+    serve_model(archive_server, monkeypatch, "ResNet18", body)
+    with pytest.raises(DownloadError, match=rf"would extract [\d,]+ bytes, more than the model can need \({bound:,}\)"):
+        fetch_model(get_model("ResNet18"), progress=False)
+    assert_cache_clean(cache)
+
+
+def _fetch_in_thread(spec_name: str, seconds: float) -> tuple[list, threading.Thread]:
+    outcome: list = []
+
+    def target() -> None:
+        try:
+            outcome.append(fetch_model(get_model(spec_name), progress=False))
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    return outcome, thread
+
+
+def test_trickling_mirror_is_given_up_with_a_clear_error(archive_server, cache, monkeypatch):
+    serve_model(archive_server, monkeypatch, "ResNet18", legacy_tar(), trickle=0.25)  # 4 bytes/s
+    monkeypatch.setenv("PPDEPLOY_DOWNLOAD_STALL_SECONDS", "1")
+    monkeypatch.setenv("PPDEPLOY_DOWNLOAD_MIN_RATE", "1000")
+    started = time.monotonic()
+    outcome, thread = _fetch_in_thread("ResNet18", 20)
+    assert not thread.is_alive(), "the download must not wait for a trickling mirror"
+    assert isinstance(outcome[0], DownloadError), outcome
+    message = str(outcome[0])
+    assert "stalled:" in message and "below the floor of 1000" in message and "\n" not in message
+    assert time.monotonic() - started < 5
+    assert_cache_clean(cache)
+
+
+def test_overall_download_deadline(archive_server, cache, monkeypatch):
+    serve_model(archive_server, monkeypatch, "ResNet18", legacy_tar(), trickle=0.05, trickle_bytes=4096)
+    monkeypatch.setenv("PPDEPLOY_DOWNLOAD_DEADLINE", "1")
+    outcome, thread = _fetch_in_thread("ResNet18", 20)
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], DownloadError) and "not finished after 1 s" in str(outcome[0]), outcome
+    assert_cache_clean(cache)
+
+
+LOCK_HOLDER = """
+import sys, time
+from ppdeploy.fsutil import file_lock
+with file_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_waiting_on_a_cache_lock_says_who_holds_it_and_gives_up(cache, monkeypatch, capfd):
+    lock = cache / "locks" / "ResNet18.lock"
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setenv("PPDEPLOY_LOCK_TIMEOUT", "1")
+        monkeypatch.setenv("PPDEPLOY_MODEL_BASE_URL", "http://127.0.0.1:9/never-asked")
+        outcome, thread = _fetch_in_thread("ResNet18", 20)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not thread.is_alive(), "the wait must end"
+    message = str(outcome[0])
+    assert isinstance(outcome[0], DeployError) and f"still held by pid {holder.pid} after 1 s" in message, outcome
+    assert message.startswith(str(lock)) and "PPDEPLOY_LOCK_TIMEOUT" in message
+    assert f"waiting for {lock} (held by pid {holder.pid}" in capfd.readouterr().err
+
+
+KILLED_FETCH = """
+from ppdeploy.models import get_model
+from ppdeploy.models.fetch import fetch_model
+fetch_model(get_model("ResNet18"), progress=False)
+"""
+
+
+def test_part_file_of_a_killed_download_is_swept_by_the_next_run(archive_server, cache, monkeypatch):
+    serve_model(archive_server, monkeypatch, "ResNet18", legacy_tar(), trickle=0.05, trickle_bytes=1024)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_FETCH], env=dict(os.environ))
+    downloads = cache / "downloads"
+    deadline = time.monotonic() + 30
+    while not any(p.stat().st_size for p in downloads.glob("*.part")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    parts = list(downloads.glob("*.part"))
+    assert len(parts) == 1 and parts[0].stat().st_size > 0, parts
+    other = downloads / f".ResNet50_infer.tar.{child.pid}.abcd1234.part"  # another archive, same dead process
+    other.write_bytes(b"partial")
+
+    serve_model(archive_server, monkeypatch, "ResNet18", legacy_tar())
+    assert (fetch_model(get_model("ResNet18"), progress=False) / "fetch.json").is_file()
+    assert list(downloads.iterdir()) == []
 
 
 # --- resolve -------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_tests_never_touch_an_exported_ppdeploy_home(tmp_path):
     assert set(scratch.glob("ppdeploy-test-home-*")) <= homes_before, "the session's own home must be removed"
 
 
-COMMANDS_WITH_EXAMPLES = ("run", "convert", "parity", "bench", "serve", "samples")
+COMMANDS_WITH_EXAMPLES = ("run", "convert", "parity", "bench", "serve", "samples", "optimize")
 
 
 def test_every_option_of_every_command_has_a_description():

@@ -91,19 +91,6 @@ def photos_jpeg():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model):
-    return tiny_model("json").directory
-
-
-@pytest.fixture(scope="module")
-def onnx_classifier(model_dir):
-    from ppdeploy.classifier import Classifier
-
-    with Classifier(model_dir, "onnx") as clf:
-        yield clf
-
-
-@pytest.fixture(scope="module")
 def expected(onnx_classifier, photos_jpeg, tmp_path_factory):
     return _alone(onnx_classifier, photos_jpeg, tmp_path_factory.mktemp("alone"))
 

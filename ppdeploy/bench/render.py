@@ -18,6 +18,8 @@ def render_report(report: BenchReport) -> str:
             "Inference fp32 (oneDNN) at the same batch size.")
     sections = [head, _machine_line(report.machine), _summary_table(report), _percentile_table(report),
                 _backend_table(report)]
+    if report.throughput:
+        sections.append(_throughput_table(report))
     if report.e2e or report.anchor:
         sections.append(_e2e_table(report))
     if report.overhead:
@@ -114,6 +116,20 @@ def _rss_text(info: BackendInfo) -> str:
 
 def _num(value: float | None, fmt: str) -> str:
     return fmt.format(value) if value is not None else "-"
+
+
+def _throughput_table(report: BenchReport) -> str:
+    head = ["Backend", "Batch", "Parity", "Latency mode img/s", "Throughput mode img/s", "In flight",
+            "Mean in-flight ms", "Throughput / latency"]
+    rows = []
+    for row in report.throughput:
+        latency = report.model_only(row.backend, row.batch_size)
+        rows.append([row.backend, str(row.batch_size), parity_mark(report.info(row.backend)),
+                     _num(latency if math.isfinite(latency) else None, "{:.1f}"), f"{row.images_per_s:.1f}",
+                     str(row.requests), f"{row.mean_latency_ms:.1f}",
+                     f"{row.images_per_s / latency:.2f}x" if math.isfinite(latency) else "-"])
+    return ("Latency mode (one request at a time, every core on it) beside throughput mode (several requests in "
+            f"flight, the cores shared; {report.settings.iters} batches streamed)\n\n" + _markdown(head, rows))
 
 
 def _e2e_table(report: BenchReport) -> str:

@@ -20,6 +20,8 @@ TARGET_E2E_RATIO = 0.90
 TARGET_ANCHOR_RATIO = 4.0
 TARGET_WRAPPER_OVERHEAD = 0.02
 TARGET_CONVERSION_SECONDS = 15.0
+TARGET_THROUGHPUT_RATIO = 1.15  # issue 13: throughput mode over latency mode at batch 1
+SWEEP_MIN_GAIN = 0.05  # a batch-size sweep stops when images/s grows by less than this
 
 
 # --------------------------------------------------------------------------------------------------- results
@@ -38,6 +40,11 @@ class BenchSettings:
         parity_images: sample photos for the parity verdicts (0: no parity check).
         e2e_passes: timed passes over the folder per backend and batch size in ``--e2e`` mode (0: no e2e).
         overhead_iters: timed calls of the wrapper and of the raw backend API each, at batch 1 (0: skip).
+        throughput: also time each row in throughput mode (several requests in flight; ``Runtime``), beside
+            latency mode, at every batch size.
+        only_passing: time only the rows that passed parity (and the reference).
+        sweep: treat ``batch_sizes`` as a ladder and stop climbing it when the best row's images/s grows by less
+            than :data:`SWEEP_MIN_GAIN` over the previous size (Model Navigator's rule).
         settle_s: pause before each backend's round, so that threads the previous backend left spinning are idle
             before the next one is timed (Paddle's OpenMP threads spin ~0.2 s after a run and slowed the next
             backend's first calls 4x; ONNX Runtime's pool spins too).
@@ -52,6 +59,9 @@ class BenchSettings:
     e2e_passes: int = 0
     overhead_iters: int = 200
     settle_s: float = 0.3
+    throughput: bool = True
+    sweep: bool = False
+    only_passing: bool = False
 
 
 @dataclass
@@ -114,6 +124,31 @@ class BackendInfo:
 
 
 @dataclass
+class ThroughputResult:
+    """One backend at one batch size in throughput mode: ``calls`` batches streamed with ``requests`` in flight."""
+
+    backend: str
+    batch_size: int
+    calls: int
+    seconds: float
+    requests: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.calls * self.batch_size / self.seconds if self.seconds > 0 else math.nan
+
+    @property
+    def mean_latency_ms(self) -> float:
+        """Mean time a batch spends in flight: ``requests`` overlap, so ``seconds × requests / calls``."""
+        return self.seconds * 1000.0 * self.requests / self.calls if self.calls else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "batch_size": self.batch_size, "calls": self.calls, "seconds": self.seconds,
+                "requests": self.requests, "images_per_s": self.images_per_s,
+                "mean_latency_ms": self.mean_latency_ms}
+
+
+@dataclass
 class E2EResult:
     """Seconds per pass over the image folder of one pipeline at one batch size."""
 
@@ -156,10 +191,12 @@ class BenchReport:
     machine: dict[str, Any]
     backends: list[BackendInfo]
     results: list[BenchResult] = field(default_factory=list)
+    throughput: list[ThroughputResult] = field(default_factory=list)
     e2e: list[E2EResult] = field(default_factory=list)
     anchor: list[E2EResult] = field(default_factory=list)
     overhead: list[Overhead] = field(default_factory=list)
     images_dir: str | None = None
+    parity_report: Any = None  # the ParityReport behind the rows' verdicts (JSON/JUnit), when parity ran
 
     def result(self, backend: str, batch_size: int) -> BenchResult | None:
         return next((r for r in self.results if r.backend == backend and r.batch_size == batch_size), None)
@@ -176,6 +213,17 @@ class BenchReport:
         row = self.result(backend, batch_size)
         return row.images_per_s if row else math.nan
 
+    def streamed(self, backend: str, batch_size: int) -> ThroughputResult | None:
+        return next((r for r in self.throughput if r.backend == backend and r.batch_size == batch_size), None)
+
+    def best_images_per_s(self, backend: str, batch_size: int) -> tuple[float, str]:
+        """The higher images/s of the row's two modes at ``batch_size``, and which mode gave it."""
+        latency = self.model_only(backend, batch_size)
+        streamed = self.streamed(backend, batch_size)
+        if streamed is not None and (not math.isfinite(latency) or streamed.images_per_s > latency):
+            return streamed.images_per_s, "throughput"
+        return latency, "latency"
+
     def targets(self) -> list[dict[str, Any]]:
         """The issue's targets that this run measures, each with its figure and whether it is met."""
         return evaluate_targets(self)
@@ -187,7 +235,7 @@ class BenchReport:
         return {"model": self.model, "synthetic": self.synthetic, "settings": dataclasses.asdict(self.settings),
                 "machine": self.machine, "images_dir": self.images_dir,
                 "backends": [{**dataclasses.asdict(b), "parity_status": b.parity_status} for b in self.backends],
-                "results": results, "e2e": e2e, "anchor": [a.to_dict() for a in self.anchor],
+                "results": results, "throughput": [t.to_dict() for t in self.throughput], "e2e": e2e, "anchor": [a.to_dict() for a in self.anchor],
                 "wrapper_overhead": [{**dataclasses.asdict(o), "fraction": o.fraction} for o in self.overhead],
                 "targets": self.targets()}
 
@@ -218,6 +266,7 @@ def evaluate_targets(report: BenchReport) -> list[dict[str, Any]]:
     """Target name, measured figure, goal and verdict (``met``, ``not met`` or ``not measured``)."""
     targets = [_speedup_target(report, bs) for bs in (1, 8) if report.result(REFERENCE, bs)]
     targets += _e2e_targets(report)
+    targets += _throughput_targets(report)
     targets += [_target(f"Runtime wrapper overhead at batch 1 ({o.backend}, vs {o.raw_api})", o.fraction * 100,
                         f"<= {TARGET_WRAPPER_OVERHEAD:.0%}", o.fraction <= TARGET_WRAPPER_OVERHEAD, "{:+.2f} %")
                 for o in report.overhead]
@@ -253,6 +302,19 @@ def _speedup_target(report: BenchReport, batch_size: int) -> dict[str, Any]:
 def _fastest(report: BenchReport, labels: Sequence[str], batch_size: int) -> str | None:
     rows = [r for r in report.results if r.backend in labels and r.batch_size == batch_size]
     return max(rows, key=lambda r: r.images_per_s).backend if rows else None
+
+
+def _throughput_targets(report: BenchReport) -> list[dict[str, Any]]:
+    """Throughput mode over latency mode at batch 1 for the fastest parity-passing row (latency mode)."""
+    passing = [b.label for b in report.backends if b.parity_status in ("pass", "reference")]
+    fastest = _fastest(report, passing, 1)
+    streamed = report.streamed(fastest, 1) if fastest else None
+    if streamed is None:
+        return []
+    ratio = streamed.images_per_s / report.model_only(fastest, 1)
+    return [_target(f"throughput mode / latency mode, batch 1, fastest passing ({fastest}, {streamed.requests} in "
+                    "flight)", ratio, f">= {TARGET_THROUGHPUT_RATIO:.2f}x", ratio >= TARGET_THROUGHPUT_RATIO,
+                    "{:.2f}x")]
 
 
 def _e2e_targets(report: BenchReport) -> list[dict[str, Any]]:

@@ -29,12 +29,14 @@ import numpy as np
 from ppdeploy.bench.report import (
     ANCHOR,
     REFERENCE,
+    SWEEP_MIN_GAIN,
     BackendInfo,
     BenchReport,
     BenchResult,
     BenchSettings,
     E2EResult,
     Overhead,
+    ThroughputResult,
 )
 from ppdeploy.bench.worker import Worker, WorkerSpec
 from ppdeploy.errors import BackendUnavailableError, DeployError
@@ -76,7 +78,8 @@ def make_variant(name: str) -> Choice:
 
 def run_bench(model: str | Path = "ResNet50", backends: str | Sequence[str] = "paddle,onnx,openvino",
               settings: BenchSettings | None = None, *, synthetic: bool = False, fmt: str = "json",
-              images: str | Path | None = None, log: Log | None = None) -> BenchReport:
+              images: str | Path | None = None, judge_images: str | Path | None = None,
+              log: Log | None = None) -> BenchReport:
     """Benchmark ``backends`` of ``model`` and return the report.
 
     Args:
@@ -86,6 +89,7 @@ def run_bench(model: str | Path = "ResNet50", backends: str | Sequence[str] = "p
         synthetic: seeded synthetic weights for a zoo name.
         fmt: Paddle format of a synthetic export.
         images: folder of photos for the e2e run (``settings.e2e_passes > 0``); default: 64 sample photos.
+        judge_images: the user's folder of judge photos for the parity verdicts; default: the built-in judge set.
         log: progress lines.
 
     Each backend runs in a child process started with ``spawn``: a script calling this must guard its entry
@@ -101,8 +105,9 @@ def run_bench(model: str | Path = "ResNet50", backends: str | Sequence[str] = "p
                          [BackendInfo(v.label, v.profile) for v in variants])
     artifacts = prepare_artifacts(resolved, variants, report, say)
     if settings.parity_images:
-        check_parity(resolved, variants, artifacts, report, settings, say)
-    runnable = [v for v in variants if report.info(v.label).status == "ok"]
+        check_parity(resolved, variants, artifacts, report, settings, say, judge_images)
+    runnable = [v for v in variants if report.info(v.label).status == "ok"
+                and not (settings.only_passing and report.info(v.label).parity_status not in ("pass", "reference"))]
     with _workers(runnable, artifacts, report, settings, str(model), synthetic, fmt, say) as workers:
         measure_model_only(workers, report, settings, _input_batch(resolved, max(settings.batch_sizes)), say)
         measure_overhead(workers, report, settings, say)
@@ -159,13 +164,16 @@ def conversion_chain(artifact_dir: Path) -> list[tuple[str, float]]:
 
 
 def check_parity(resolved: Any, variants: Sequence[Choice], artifacts: dict[str, Path], report: BenchReport,
-                 settings: BenchSettings, say: Log) -> None:
-    """Judge every runnable row against its parity profile on ``settings.parity_images`` held-out judge photos."""
-    from ppdeploy.parity import PROFILES, ParityChecker
-    from ppdeploy.samples import builtin_set
+                 settings: BenchSettings, say: Log, judge_images: str | Path | None = None) -> None:
+    """Judge every runnable row against its parity profile on ``settings.parity_images`` held-out judge photos
+    (or on the user's ``judge_images``); the full parity report is kept in ``report.parity_report``."""
+    from ppdeploy.parity import PROFILES, ParityChecker, finish_report
+    from ppdeploy.samples import image_set
 
-    say(f"parity: reference outputs on {settings.parity_images} judge photos ...")
-    checker = ParityChecker(resolved, builtin_set("judge", settings.parity_images), threads=settings.threads)
+    judge = image_set("judge", judge_images, settings.parity_images)
+    say(f"parity: reference outputs on {len(judge.images)} judge photos ...")
+    checker = ParityChecker(resolved, judge, threads=settings.threads)
+    results = []
     for variant in variants:
         info = report.info(variant.label)
         if info.status != "ok" or variant.label == REFERENCE:
@@ -174,6 +182,7 @@ def check_parity(resolved: Any, variants: Sequence[Choice], artifacts: dict[str,
         try:
             with _make_runtime(variant, artifacts[variant.label], settings.threads) as runtime:
                 result = checker.check(variant.label, runtime, PROFILES[variant.profile])
+            results.append(result)
         except BackendUnavailableError as exc:
             info.status, info.reason = "skipped", str(exc)
             continue
@@ -186,6 +195,7 @@ def check_parity(resolved: Any, variants: Sequence[Choice], artifacts: dict[str,
             metrics.pop("near_ties", None)
         info.parity = {"status": result.status, "profile": result.profile, "reasons": result.reasons,
                        "metrics": metrics}
+    report.parity_report = finish_report(checker, results, [], strict=False)
 
 
 def _make_runtime(variant: Choice, artifact_dir: Path, threads: int) -> Any:
@@ -244,8 +254,40 @@ def measure_model_only(workers: dict[str, Worker], report: BenchReport, settings
                 time.sleep(settings.settle_s)
                 results[label].latencies_ms += _safe_call(workers[label], report, "time", calls=calls, untimed=1) or []
         report.results += [results[label] for label in live if results[label].latencies_ms]
+        if settings.throughput:
+            measure_throughput(workers, report, settings, batch_size, live, say)
+        if settings.sweep and _sweep_done(report, batch_size):
+            say(f"batch {batch_size}: images/s grew by less than {SWEEP_MIN_GAIN:.0%}; larger batches not measured")
+            break
     for label, worker in workers.items():
         report.info(label).peak_rss_mb = _safe_call(worker, report, "peak_rss")
+
+
+def measure_throughput(workers: dict[str, Worker], report: BenchReport, settings: BenchSettings, batch_size: int,
+                       live: Sequence[str], say: Log) -> None:
+    """Each live row again in throughput mode (a second runtime in its child, several requests in flight)."""
+    say(f"batch {batch_size}: throughput mode, {settings.iters} batches streamed per backend ...")
+    for label in live:
+        time.sleep(settings.settle_s)
+        answer = _safe_call(workers[label], report, "throughput", calls=settings.iters)
+        if answer:
+            report.throughput.append(ThroughputResult(label, batch_size, answer["calls"], answer["seconds"],
+                                                      answer["requests"]))
+
+
+def _sweep_done(report: BenchReport, batch_size: int) -> bool:
+    """Whether the best row's images/s (either mode) grew by less than SWEEP_MIN_GAIN over the previous size."""
+    sizes = sorted({r.batch_size for r in report.results})
+    if sizes.index(batch_size) == 0:
+        return False
+    previous = sizes[sizes.index(batch_size) - 1]
+    labels = {r.backend for r in report.results}
+
+    def best(size: int) -> float:
+        return max([v for label in labels if math.isfinite(v := report.best_images_per_s(label, size)[0])],
+                   default=0.0)
+
+    return best(batch_size) < best(previous) * (1 + SWEEP_MIN_GAIN)
 
 
 def _call_each(workers: dict[str, Worker], report: BenchReport, command: str, **kwargs: Any) -> list[str]:

@@ -134,15 +134,19 @@ class _ChildState:
         from ppdeploy.registry import get_backend
 
         record = get_backend(self.spec.backend)
-        cls = record.runtime
         for module in record.imports:  # import cost is not load cost
             importlib.import_module(module)
         baseline = peak_rss_mb()
         started = time.perf_counter()
-        self.runtime = cls(self.spec.artifact_dir, device=self.spec.device, threads=self.spec.threads,
-                           **self.spec.options)
+        self.runtime = self._runtime()
         seconds = time.perf_counter() - started
         return {"load_seconds": seconds, "baseline_rss_mb": baseline, "details": dict(self.runtime.details)}
+
+    def _runtime(self, mode: str = "latency") -> Any:
+        from ppdeploy.registry import get_backend
+
+        return get_backend(self.spec.backend).runtime(self.spec.artifact_dir, device=self.spec.device,
+                                                      threads=self.spec.threads, mode=mode, **self.spec.options)
 
     def cmd_set_input(self, batch: np.ndarray) -> None:
         self.batch = np.ascontiguousarray(batch)
@@ -151,6 +155,22 @@ class _ChildState:
         for _ in range(untimed):
             self.runtime.infer(self.batch)
         return time_calls(self.runtime.infer, self.batch, calls)
+
+    def cmd_throughput(self, calls: int, untimed: int = 0) -> dict[str, Any]:
+        """Throughput mode: a second runtime with several requests in flight (loaded, timed over ``calls``
+        batches of the current input, closed); its seconds, its requests in flight and what it ran as."""
+        runtime = self._runtime(mode="throughput")
+        try:
+            for _ in runtime.infer_stream(self.batch for _ in range(untimed or 2 * runtime.requests)):
+                pass
+            started = time.perf_counter()
+            for _ in runtime.infer_stream(self.batch for _ in range(calls)):
+                pass
+            seconds = time.perf_counter() - started
+            return {"seconds": seconds, "calls": calls, "requests": runtime.requests,
+                    "mode": runtime.details.get("mode", "")}
+        finally:
+            runtime.close()
 
     def cmd_peak_rss(self) -> float:
         return peak_rss_mb()

@@ -10,15 +10,34 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ppdeploy.artifacts import MANIFEST, artifact_model_file, load_manifest, test_run, tool_versions, write_manifest
+from ppdeploy.artifacts import (
+    HASHES,
+    MANIFEST,
+    TamperedArtifactError,
+    artifact_model_file,
+    file_hashes,
+    load_manifest,
+    test_run,
+    tool_versions,
+    write_manifest,
+)
 from ppdeploy.converters.base import SUPPORTED_OPSETS, ConvertOptions
-from ppdeploy.errors import ArtifactError, BackendUnavailableError, ConversionError, DeployError, one_line
-from ppdeploy.fsutil import cache_home, file_lock, staging_dir
+from ppdeploy.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    ConversionError,
+    DeployError,
+    WeightsMismatchError,
+    one_line,
+)
+from ppdeploy.fsutil import cache_home, file_lock, no_space_message, staging_dir, sweep_scratch
+from ppdeploy.models.identify import swapped_entry
 from ppdeploy.models.paddle_files import PaddleModel
 from ppdeploy.registry import Target, get_target
 
 Log = Callable[[str], None]
 _HASHES: dict[tuple, str] = {}
+_FULL_DISK_BYTES = 1 << 20  # less free space than this after a failed write: the disk is full
 
 
 def artifact_root() -> Path:
@@ -86,8 +105,13 @@ def convert_model(model: Any, target: str, *, options: ConvertOptions | None = N
     paddle = _paddle(model)
     src_file, src_manifest = _source(model, spec, options, out_dir, log)
     wanted = _fingerprint(paddle, spec, options, src_manifest)
+    if not force and _is_valid(out_dir, wanted):  # before the lock: a read-only cache serves what it holds
+        _say(log, f"Reusing {target} artifact at {out_dir}")
+        return out_dir
+    _check_not_swapped(model, paddle)
+    sweep_scratch()
     with file_lock(artifact_root() / ".locks" / f"{model_key(model)}-{out_dir.name}.lock"):
-        if not force and _is_valid(out_dir, wanted):
+        if not force and _is_valid(out_dir, wanted):  # another process built it while we waited
             _say(log, f"Reusing {target} artifact at {out_dir}")
             return out_dir
         _remove_leftovers(out_dir)
@@ -111,6 +135,18 @@ def _remove_leftovers(out_dir: Path) -> None:
 
     for leftover in out_dir.parent.glob(f".{out_dir.name}.*.partial"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _check_not_swapped(model: Any, paddle: PaddleModel) -> None:
+    """Refuse weights of another zoo architecture than the model's own (say, ResNet34's in a ResNet18 folder):
+    the converter would fail on them with an error about something else."""
+    spec = getattr(model, "spec", None)
+    other = swapped_entry(paddle.params_file, spec) if spec is not None else None
+    if other:
+        raise WeightsMismatchError(one_line(str(paddle.params_file), f"holds the parameters of {other}, but this "
+                                            f"model is {spec.name} (from its folder's name or record)",
+                                            f"copy {spec.name}'s inference.pdiparams here, or use the {other} "
+                                            "model folder"))
 
 
 def _paddle(model: Any) -> PaddleModel:
@@ -169,6 +205,8 @@ def _is_valid(out_dir: Path, wanted: dict) -> bool:
     try:
         manifest = load_manifest(out_dir)
         artifact_model_file(out_dir, manifest)
+    except TamperedArtifactError:
+        raise  # changed content is refused, never silently rebuilt: someone should look at it
     except ArtifactError:
         return False
     return all(manifest.get(key) == value for key, value in wanted.items())
@@ -177,11 +215,27 @@ def _is_valid(out_dir: Path, wanted: dict) -> bool:
 def _run_converter(spec: Target, src_file: Path, dst: Path, options: ConvertOptions):
     try:
         return spec.converter().convert(src_file, dst, options)
-    except DeployError:
-        raise
-    except Exception as exc:  # a library failure becomes one actionable line
+    except Exception as exc:
+        _check_space(dst, exc)
+        if isinstance(exc, DeployError):
+            raise
+        # a library failure becomes one actionable line
         raise ConversionError(one_line(f"{spec.name} from {src_file}", f"{type(exc).__name__}: {exc}",
                                        "run with --verbose for the traceback")) from exc
+
+
+def _check_space(dst: Path, exc: Exception) -> None:
+    """A full disk makes libraries fail with odd messages (OpenVINO: ``basic_ios::clear: iostream error``): when
+    the staging folder's disk is (nearly) full after a failure, say so instead."""
+    import errno
+    import shutil
+
+    try:
+        free = shutil.disk_usage(dst).free
+    except OSError:
+        return
+    if getattr(exc, "errno", None) == errno.ENOSPC or free < _FULL_DISK_BYTES:
+        raise ConversionError(no_space_message(dst.parent, f" while writing {dst.name}")) from exc
 
 
 def _manifest(model: Any, paddle: PaddleModel, spec: Target, options: ConvertOptions, result, wanted: dict,
@@ -204,4 +258,5 @@ def _manifest(model: Any, paddle: PaddleModel, spec: Target, options: ConvertOpt
         "conversion_seconds": seconds,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()},
+        HASHES: file_hashes(tmp),
     }

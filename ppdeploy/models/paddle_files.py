@@ -94,8 +94,25 @@ def check_params_file(params_file: str | Path) -> None:
             offset, index = end, index + 1
 
 
-def _tensor_end(fh: BinaryIO, start: int) -> int | None:
-    """Where the tensor record at ``start`` ends (past EOF when cut short), or ``None`` if not understood."""
+def tensor_shapes(params_file: str | Path) -> list[tuple[int, ...]] | None:
+    """The shape of every tensor in an ``inference.pdiparams``, in file order, from the headers only (seeks, no
+    data read); ``None`` when a record is not understood or the file is cut short."""
+    path = Path(params_file)
+    size = path.stat().st_size
+    shapes: list[tuple[int, ...]] = []
+    with path.open("rb") as fh:
+        offset = 0
+        while offset < size:
+            end = _tensor_end(fh, offset, shapes)
+            if end is None or end > size:
+                return None
+            offset = end
+    return shapes
+
+
+def _tensor_end(fh: BinaryIO, start: int, shapes: list[tuple[int, ...]] | None = None) -> int | None:
+    """Where the tensor record at ``start`` ends (past EOF when cut short), or ``None`` if not understood; its
+    shape is appended to ``shapes`` when given."""
     past_end = 1 << 62
     fh.seek(start)
     head = fh.read(12)
@@ -124,6 +141,8 @@ def _tensor_end(fh: BinaryIO, start: int) -> int | None:
     if parsed is None:
         return None
     dtype, dims = parsed
+    if shapes is not None:
+        shapes.append(tuple(dims))
     return position + 8 + desc_size + math.prod(dims) * _DTYPE_BYTES[dtype]
 
 

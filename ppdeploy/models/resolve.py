@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ppdeploy import progress
 from ppdeploy.errors import DeployError, ModelNotFoundError, one_line
 from ppdeploy.fsutil import cache_home, file_lock, sha256_file
 from ppdeploy.models.fetch import fetch_model
@@ -168,10 +169,8 @@ def warn_synthetic() -> None:
     if _warned_synthetic:
         return
     _warned_synthetic = True
-    from rich.console import Console
-
-    Console(stderr=True).print("[bold yellow]warning:[/] synthetic weights (seeded random numbers): predictions are "
-                               "meaningless. Use them to test conversion and backend parity only.", highlight=False)
+    progress.warn("synthetic weights (seeded random numbers): predictions are meaningless. Use them to test "
+                  "conversion and backend parity only.")
 
 
 def _zoo_lookup() -> dict[str, ModelSpec]:
@@ -205,17 +204,14 @@ def _export_cached(spec: ModelSpec, key: str, *, fmt: str, synthetic: bool = Fal
             return existing
         import time
 
-        from rich.console import Console
-
         from ppdeploy.models.export import export_model
 
-        console = Console(stderr=True, highlight=False, soft_wrap=True)
         what = "synthetic weights" if synthetic else f"weights {weights}"
-        console.print(f"Exporting {spec.name} with {what} ({fmt}) to the cache (once; 10-60 s) ...", markup=False)
+        progress.say(f"Exporting {spec.name} with {what} ({fmt}) to the cache (once; 10-60 s) ...")
         started = time.perf_counter()
         export_model(spec, out_dir, weights=weights, synthetic=synthetic, fmt=fmt,
                      shape_images=default_shape_set() if synthetic else None)
-        console.print(f"Exported {spec.name} in {time.perf_counter() - started:.1f} s", markup=False)
+        progress.say(f"Exported {spec.name} in {time.perf_counter() - started:.1f} s")
     return find_paddle_model(out_dir)
 
 

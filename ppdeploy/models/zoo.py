@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from typing import TYPE_CHECKING
 
 from ppdeploy.errors import ModelNotFoundError, one_line
@@ -76,6 +78,33 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {}
+CHECKSUMS_FILE = "model_checksums.txt"  # in ppdeploy/data; the format is described in that file
+
+
+@functools.lru_cache(maxsize=1)
+def archive_checksums() -> dict[str, str]:
+    """Pinned sha256 of official archives, by archive name, from ``ppdeploy/data/model_checksums.txt``.
+
+    The file uses ``sha256sum``'s format, one archive a line: ``<64 hex digits>  <archive name>``; ``#`` starts
+    a comment. A line is added once its sum has been taken from the official server (``sha256sum
+    ResNet50_infer.tar``); until then the archive is checked by its architecture only.
+    """
+    return parse_checksums(resources.files("ppdeploy").joinpath("data", CHECKSUMS_FILE).read_text(encoding="utf-8"))
+
+
+def parse_checksums(text: str) -> dict[str, str]:
+    """``sha256sum`` lines (``<hex>  <name>``, or ``<hex> *<name>``) to {name: lowercase hex}; others ignored."""
+    sums: dict[str, str] = {}
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) == 2 and len(fields[0]) == 64:
+            sums[fields[1].lstrip("*")] = fields[0].lower()
+    return sums
+
+
+def archive_sha256(spec: ModelSpec) -> str | None:
+    """The pinned sha256 of ``spec``'s official archive, or ``None`` when none is known yet."""
+    return archive_checksums().get(spec.archive_name)
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import os
+import queue
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from ppdeploy.errors import BackendUnavailableError, InputSpecError, one_line
-from ppdeploy.registry import Backend, get_backend
+from ppdeploy.registry import MODES, Backend, get_backend
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,16 +37,25 @@ class TensorSpec:
                                           f"expected {self.dtype} {want}"))
 
 
+Lane = Callable[["np.ndarray"], "np.ndarray"]
+
+
 class Runtime:
     """Loads one artifact directory and runs batches on it.
 
     Subclasses set ``name`` (their ``Backend`` record's name: packages, extra and devices are declared there)
     and implement ``_load`` and ``_infer``. Use as a context manager, or call ``close()``.
+
+    Two modes. ``latency`` (default): one request at a time, every core on it. ``throughput``: several requests
+    in flight (``requests``; default: the backend's choice), each on its share of the cores, used by
+    :meth:`infer_stream`; a backend builds them in ``_load`` as ``self._lanes`` (callables, one per request, each
+    used by one thread at a time) or overrides ``infer_stream`` (OpenVINO's AsyncInferQueue).
     """
 
     name: ClassVar[str] = ""
 
-    def __init__(self, artifact_dir: str | Path, *, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, artifact_dir: str | Path, *, device: str = "cpu", threads: int | None = None,
+                 mode: str = "latency", requests: int | None = None) -> None:
         ok, reason = self.availability()
         if not ok:
             raise BackendUnavailableError(one_line(f"backend '{self.name}'", reason))
@@ -51,13 +63,26 @@ class Runtime:
         if device not in devices:
             raise BackendUnavailableError(one_line(f"backend '{self.name}'", f"no device '{device}'",
                                                    "choose one of: " + ", ".join(devices)))
+        if mode not in MODES:
+            raise InputSpecError(one_line(f"mode '{mode}'", "unknown", "choose latency or throughput"))
+        if requests is not None and requests < 1:
+            raise InputSpecError(one_line(f"requests {requests}", "must be at least 1"))
         self.artifact_dir = Path(artifact_dir)
         self.device = device
         self.threads = threads
+        self.mode = mode
+        self.requests = 1 if mode == "latency" else requests  # None: _load picks and sets it
+        self._lanes: list[Lane] = []
         self.inputs: tuple[TensorSpec, ...] = ()
         self.outputs: tuple[TensorSpec, ...] = ()
         self.details: dict[str, str] = {}  # what really runs (provider, precision, ...) for reports
         self._load()
+        if self.requests is None:  # a backend without a throughput mode of its own runs one request at a time
+            self.requests = max(1, len(self._lanes))
+        self._free: queue.SimpleQueue = queue.SimpleQueue()  # throughput mode: lanes not running a request now
+        for lane in self._lanes:
+            self._free.put(lane)
+        self.details.setdefault("mode", mode if mode == "latency" else f"throughput ({self.requests} in flight)")
 
     @classmethod
     def record(cls) -> Backend:
@@ -70,16 +95,50 @@ class Runtime:
         return cls.record().availability()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run one float32 NCHW batch and return the model's first output (probabilities)."""
+        """Run one float32 NCHW batch and return the model's first output (probabilities).
+
+        In throughput mode it is safe to call from several threads at once: each call takes a free lane.
+        """
+        batch = self.infer_checked(batch)
+        return self._on_free_lane(batch) if self._lanes else self._infer(batch)
+
+    def _on_free_lane(self, batch: np.ndarray) -> np.ndarray:
+        lane = self._free.get()
+        try:
+            return lane(batch)
+        finally:
+            self._free.put(lane)
+
+    def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Each batch's output, in order. In throughput mode up to ``requests`` batches run at once (the
+        iterable is read ahead by about twice that); in latency mode one at a time, as :meth:`infer`."""
+        if len(self._lanes) < 2:
+            for batch in batches:
+                yield self.infer(batch)
+            return
+        yield from run_in_lanes(self._on_free_lane, len(self._lanes), batches, self.infer_checked)
+
+    def infer_checked(self, batch: np.ndarray) -> np.ndarray:
+        """``batch`` checked against the input spec and made contiguous (what every lane is given)."""
         import numpy as np
 
         if not self.inputs:
             raise InputSpecError(one_line(f"backend '{self.name}'", "runtime is closed"))
         self.inputs[0].check(batch)
-        return self._infer(np.ascontiguousarray(batch))
+        return np.ascontiguousarray(batch)
+
+    def lane_plan(self) -> tuple[int, int | None]:
+        """Throughput mode: (requests in flight, threads each). Default: one request per core up to 4, the cores
+        shared evenly; latency mode: (1, ``threads``)."""
+        if self.mode == "latency":
+            return 1, self.threads
+        cores = self.threads or os.cpu_count() or 1
+        lanes = self.requests or max(1, min(cores, 4))
+        return lanes, max(1, cores // lanes)
 
     def close(self) -> None:
         """Release the backend's resources; the runtime cannot be used afterwards."""
+        self._lanes = []
         self.inputs = ()
 
     def __enter__(self) -> Runtime:
@@ -93,6 +152,27 @@ class Runtime:
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+
+def run_in_lanes(run: Lane, lanes: int, batches: Iterable[np.ndarray],
+                 prepare: Callable[[np.ndarray], np.ndarray]) -> Iterator[np.ndarray]:
+    """``run`` (thread-safe, ``lanes`` calls at once) over ``batches`` from ``lanes`` threads, yielding the
+    outputs in input order; at most ``2 × lanes`` batches are read ahead."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="ppdeploy-lane") as pool:
+        try:
+            for batch in batches:
+                pending.append(pool.submit(run, prepare(batch)))
+                if len(pending) >= 2 * lanes:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 _SAME = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}  # artifact precision → the compute type that is no change

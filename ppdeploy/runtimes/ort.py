@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,9 @@ class OrtRuntime(Runtime):
         manifest = load_manifest(self.artifact_dir)
         model_file = artifact_model_file(self.artifact_dir, manifest)
         providers = self._providers(ort, manifest) if self.device == "gpu" else [CPU_EP]
-        self._session = _open_session(ort, model_file, providers, self.threads, manifest)
+        lanes, threads = self.lane_plan() if self.device == "cpu" else (1, self.threads)
+        sessions = [_open_session(ort, model_file, providers, threads, manifest) for _ in range(lanes)]
+        self._session, self.requests = sessions[0], lanes
         active = self._session.get_providers()[0]
         if self.device == "gpu" and active not in (TRT_EP, CUDA_EP):
             raise BackendUnavailableError(one_line("backend 'onnx' on gpu",
@@ -48,8 +51,9 @@ class OrtRuntime(Runtime):
         self.inputs = tuple(_spec(arg) for arg in self._session.get_inputs())
         self.outputs = tuple(_spec(arg) for arg in self._session.get_outputs())
         self._output_name = self.outputs[0].name
+        self._lanes = [self._lane(session) for session in sessions] if lanes > 1 else []
         self.details = {"provider": active, "precision": str(manifest.get("precision", "unknown")),
-                        "graph_optimization": "all", "threads": str(self.threads or "auto"),
+                        "graph_optimization": "all", "threads": str(threads or "auto"),
                         "onnxruntime": ort.__version__}
 
     def _providers(self, ort, manifest: dict[str, Any]) -> list:
@@ -64,10 +68,14 @@ class OrtRuntime(Runtime):
         return providers + [(CUDA_EP, {"device_id": 0}), CPU_EP]
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._lane(self._session)(batch)
+
+    def _lane(self, session) -> Callable[[np.ndarray], np.ndarray]:
+        """A call of ``session`` on one batch (throughput mode: one session per request in flight)."""
         import numpy as np
 
-        result = self._session.run([self._output_name], {self.inputs[0].name: batch})[0]
-        return result.astype(np.float32, copy=False)
+        names, input_name = [self._output_name], self.inputs[0].name
+        return lambda batch: session.run(names, {input_name: batch})[0].astype(np.float32, copy=False)
 
     def close(self) -> None:
         self._session = None

@@ -38,7 +38,8 @@ class PaddleRuntime(Runtime):
         check_params_file(model.params_file)  # Paddle may load a cut file and compute NaN or wrong answers
         config = pi.Config(str(model.model_file), str(model.params_file))  # explicit files: json and pdmodel
         config.disable_glog_info()
-        threads = self.threads or os.cpu_count() or 1
+        lanes, threads = self.lane_plan() if self.device == "cpu" else (1, None)
+        threads = threads or os.cpu_count() or 1
         if self.device == "gpu":
             _enable_gpu(config)
         else:
@@ -46,24 +47,38 @@ class PaddleRuntime(Runtime):
             config.enable_onednn()
             config.set_cpu_math_library_num_threads(threads)
         self._predictor = _create_predictor(pi, config, model)
-        self._input = self._predictor.get_input_handle(self._predictor.get_input_names()[0])
-        self._output = self._predictor.get_output_handle(self._predictor.get_output_names()[0])
+        feed_name, fetch_name = self._predictor.get_input_names()[0], self._predictor.get_output_names()[0]
+        self._run = _lane(self._predictor)
+        self.requests = lanes
+        # Throughput mode: predictor clones share the weights; each serves one request at a time.
+        self._lanes = [_lane(self._predictor.clone()) for _ in range(lanes)] if lanes > 1 else []
         shapes = declared_shapes(model)
-        self.inputs = (_spec(self._predictor.get_input_names()[0], self._input, shapes, rank=4),)
-        self.outputs = (_spec(self._predictor.get_output_names()[0], self._output, shapes, rank=2),)
+        self.inputs = (_spec(feed_name, self._predictor.get_input_handle(feed_name), shapes, rank=4),)
+        self.outputs = (_spec(fetch_name, self._predictor.get_output_handle(fetch_name), shapes, rank=2),)
         self.details = {"precision": "fp32", "device": self.device, "format": model.fmt,
                         "onednn": "on" if self.device == "cpu" else "off",
                         "threads": str(threads) if self.device == "cpu" else "n/a"}
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        self._input.reshape(list(batch.shape))
-        self._input.copy_from_cpu(batch)
-        self._predictor.run()
-        return self._output.copy_to_cpu()
+        return self._run(batch)
 
     def close(self) -> None:
-        self._predictor = self._input = self._output = None
+        self._predictor = self._run = None
         super().close()
+
+
+def _lane(predictor):
+    """One call of ``predictor`` on a batch, with its own input/output handles."""
+    feed = predictor.get_input_handle(predictor.get_input_names()[0])
+    fetch = predictor.get_output_handle(predictor.get_output_names()[0])
+
+    def run(batch):
+        feed.reshape(list(batch.shape))
+        feed.copy_from_cpu(batch)
+        predictor.run()
+        return fetch.copy_to_cpu()
+
+    return run
 
 
 def _enable_gpu(config) -> None:

@@ -32,6 +32,7 @@ class ModelConfig:
     threads: int | None = None
     batch_size: int = 8
     topk: int = 5
+    mode: str = "latency"
 
     def load(self, log: Any = None) -> Any:
         from ppdeploy.classifier import Classifier

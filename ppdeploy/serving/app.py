@@ -8,22 +8,24 @@ with the status below, and the server keeps serving:
 
 - 400: empty body, data that is not an image or cannot be decoded, an image above the pixel limit, a multipart
   body without a file (``errors`` lists each failing image);
-- 408: the body did not arrive within ``read_timeout_s``;
-- 413: body above ``max_request_bytes``, or more than ``max_images`` images;
+- 408: the body did not arrive within ``read_timeout_s`` (counted apart from ``request_timeout_s``, which starts
+  once the body is in: a slow client gets 408, a slow server 503);
+- 413: body above ``max_request_bytes``, more than ``max_images`` images, or images of more than
+  ``max_request_pixels`` pixels in all;
 - 415: a content type that is neither an image, ``application/octet-stream``, form-urlencoded (what
   ``curl --data-binary`` sends) nor ``multipart/form-data``;
 - 422: invalid query parameters (``topk`` out of range);
 - 503 + ``Retry-After``: the batch queue is full, the answer took longer than ``request_timeout_s``, or the
   server is starting or shutting down.
+
+The Open Inference Protocol (KServe v2) endpoints are added by :mod:`ppdeploy.serving.v2`, on the same batcher,
+limits and metrics; the pieces both share are in :mod:`ppdeploy.serving.handling`.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' signatures at run time, and they
 # refer to the settings of the app being built.
 import asyncio
-import logging
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -35,20 +37,30 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
-from starlette.requests import ClientDisconnect
 
 from ppdeploy.errors import DeployError, one_line
 from ppdeploy.images import pixel_limit
 from ppdeploy.preprocess import PreprocessConfig
 from ppdeploy.runtimes.base import Runtime
-from ppdeploy.serving.batcher import BatcherClosedError, DynamicBatcher, QueueFullError
+from ppdeploy.serving.batcher import DynamicBatcher
+from ppdeploy.serving.decoding import FairDecodePool
+from ppdeploy.serving.handling import (
+    BodyLimitMiddleware,
+    Refusal,
+    add_get_and_head,
+    answered,
+    check_image_count,
+    infer_rows,
+    observe_request,
+    preprocess_uploads,
+    receive_within,
+)
 from ppdeploy.serving.metrics import ServeMetrics
 from ppdeploy.serving.settings import ServeSettings
 
 # Bodies taken as one raw image. curl --data-binary sends form-urlencoded unless told otherwise.
 RAW_CONTENT_TYPES = ("application/octet-stream", "application/x-www-form-urlencoded", "")
 MULTIPART = "multipart/form-data"
-_LOG = logging.getLogger("ppdeploy.serving")
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _CLASSIFY_BODY = {"requestBody": {"required": True, "content": {
     "image/jpeg": _BINARY, "image/png": _BINARY, "application/octet-stream": _BINARY,
@@ -73,52 +85,6 @@ class Problem(BaseModel):
     errors: list[dict[str, str]] | None = None
 
 
-class _Refusal(Exception):
-    """A request refused with an HTTP status; ``reason`` labels the error metric."""
-
-    def __init__(self, status: int, reason: str, detail: str, *, errors: list[dict[str, str]] | None = None,
-                 retry_after: int | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.reason, self.detail = status, reason, detail
-        self.errors, self.retry_after = errors, retry_after
-
-    def response(self) -> JSONResponse:
-        body: dict[str, Any] = {"detail": self.detail}
-        if self.errors:
-            body["errors"] = self.errors
-        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
-        return JSONResponse(body, status_code=self.status, headers=headers)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimitMiddleware:
-    """ASGI middleware: a request body longer than ``max_bytes`` fails while it is read (chunked bodies too)."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        received = 0
-
-        async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge()
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
 @dataclass
 class ServedModel:
     """What the server runs: the loaded runtime, its preprocessing, and names for reports."""
@@ -133,7 +99,7 @@ class ServedModel:
         """From a :class:`~ppdeploy.classifier.Classifier`, or a bare Runtime (default preprocessing)."""
         if isinstance(source, Runtime):
             return cls(source, preprocess or PreprocessConfig(), source.artifact_dir.name, source.name)
-        return cls(source.runtime, preprocess or source.preprocess, source.model.name, source.choice.label)
+        return cls(source.runtime, preprocess or source.preprocess, source.model_name, source.choice.label)
 
     def check(self) -> None:
         """Refuse preprocessing whose crop does not fit the model's input (every request would fail)."""
@@ -167,7 +133,7 @@ class _State:
     metrics: ServeMetrics
     batcher_factory: BatcherFactory = dynamic_batcher
     batcher: Any = None
-    decode_pool: ThreadPoolExecutor | None = None
+    decode_pool: FairDecodePool | None = None
     runtimes: list[Runtime] = field(default_factory=list)
     draining: bool = False
 
@@ -211,6 +177,9 @@ def create_app(source: Any, settings: ServeSettings | None = None, *, preprocess
     app.state.serving = state
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     _add_routes(app, state)
+    from ppdeploy.serving.v2 import add_v2_routes
+
+    add_v2_routes(app, state)
     return app
 
 
@@ -226,11 +195,13 @@ def _version() -> str:
 async def _start(state: _State) -> None:
     extra = state.settings.workers - 1
     base = state.model.runtime
-    # More workers need more instances of the same runtime (a runtime is not shared between threads).
-    extras = await asyncio.to_thread(
-        lambda: [type(base)(base.artifact_dir, device=base.device, threads=base.threads) for _ in range(extra)])
-    state.runtimes = [base, *extras]
-    state.decode_pool = ThreadPoolExecutor(state.settings.decode_threads, thread_name_prefix="ppdeploy-decode")
+    if base.mode == "throughput":  # one runtime whose infer() is thread-safe: a worker per request in flight
+        state.runtimes = [base] * max(state.settings.workers, base.requests or 1)
+    else:  # more workers need more instances of the same runtime (a latency-mode runtime is not shared)
+        extras = await asyncio.to_thread(
+            lambda: [type(base)(base.artifact_dir, device=base.device, threads=base.threads) for _ in range(extra)])
+        state.runtimes = [base, *extras]
+    state.decode_pool = FairDecodePool(state.settings.decode_threads)
     state.batcher = state.batcher_factory(state.runtimes, state.settings, state.metrics)
     await state.batcher.start()
 
@@ -240,9 +211,10 @@ async def _stop(state: _State) -> None:
     if state.batcher is not None:
         await state.batcher.stop(state.settings.shutdown_timeout_s)
     if state.decode_pool is not None:
-        state.decode_pool.shutdown(wait=True)
+        state.decode_pool.shutdown()
     for runtime in state.runtimes[1:]:
-        runtime.close()
+        if runtime is not state.runtimes[0]:
+            runtime.close()
 
 
 def _add_routes(app: FastAPI, state: _State) -> None:
@@ -256,45 +228,28 @@ def _add_routes(app: FastAPI, state: _State) -> None:
                        filename: Annotated[str | None, Query(description="Name echoed in a raw body's result.")
                                            ] = None) -> Response:
         """Classify one image (raw body) or several (multipart, one file part each), in order."""
-        started = time.perf_counter()
-        state.metrics.in_flight.inc()
-        status = 200
-        try:
-            records = await _classify(request, state, topk, filename)
-            state.metrics.images.inc(len(records))
-            return JSONResponse(records)
-        except _Refusal as refusal:
-            status = refusal.status
-            state.metrics.errors.labels(refusal.reason).inc()
-            return refusal.response()
-        except Exception:  # noqa: BLE001 - a bug or a backend crash: answer 500, log it, keep serving
-            status = 500
-            state.metrics.errors.labels("internal").inc()
-            _LOG.exception("POST /v1/classify failed")
-            return JSONResponse({"detail": "server | internal error | see the server log"}, status_code=500)
-        finally:
-            state.metrics.requests.labels(str(status)).inc()
-            state.metrics.request_seconds.observe(time.perf_counter() - started)
-            state.metrics.in_flight.dec()
+        return await answered(request, state, lambda: _classify(request, state, topk, filename), _problem,
+                              "POST /v1/classify")
 
     @app.exception_handler(RequestValidationError)
     async def invalid_parameters(request: Request, exc: RequestValidationError) -> Response:
         if request.url.path == "/v1/classify":
-            state.metrics.requests.labels("422").inc()
+            observe_request(state, request.scope, 422)
             state.metrics.errors.labels("invalid_parameter").inc()
         return await request_validation_exception_handler(request, exc)
 
-    @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "starting or shutting down"}})
     async def readyz() -> Response:
         """Readiness: the model is loaded and the batch workers run. Reports the precision that really runs."""
         if not state.ready:
             return JSONResponse({"status": "draining" if state.draining else "starting"}, status_code=503)
         return JSONResponse(_readiness(state))
+
+    add_get_and_head(app, "/healthz", healthz)
+    add_get_and_head(app, "/readyz", readyz, responses={503: {"description": "starting or shutting down"}})
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
@@ -312,66 +267,45 @@ def _readiness(state: _State) -> dict[str, Any]:
             "input": list(state.model.runtime.inputs[0].shape) if state.model.runtime.inputs else None,
             "max_batch": settings.max_batch, "max_delay_ms": settings.max_delay_ms, "workers": settings.workers,
             "max_queue": settings.max_queue, "queue_depth": state.batcher.depth() if state.batcher else 0,
-            "max_request_bytes": settings.max_request_bytes, "max_images": settings.max_images}
+            "max_request_bytes": settings.max_request_bytes, "max_images": settings.max_images,
+            "max_request_pixels": settings.max_request_pixels}
 
 
-async def _classify(request: Request, state: _State, topk: int, filename: str | None) -> list[dict]:
+def _problem(refusal: Refusal) -> JSONResponse:
+    body: dict[str, Any] = {"detail": refusal.detail}
+    if refusal.errors:
+        body["errors"] = refusal.errors
+    return JSONResponse(body, status_code=refusal.status, headers=refusal.headers())
+
+
+async def _classify(request: Request, state: _State, topk: int, filename: str | None) -> JSONResponse:
     from ppdeploy.postprocess import top_k
 
-    settings = state.settings
-    if not state.ready:
-        raise _Refusal(503, "not_ready", "server | not ready (starting or shutting down) | retry later",
-                       retry_after=settings.retry_after_s)
-    try:
-        async with asyncio.timeout(settings.request_timeout_s):
-            with state.batcher.arriving():
-                uploads = await _read_uploads(request, settings, filename)
-                tensors = await _preprocess_all(uploads, state)
-            rows = await state.batcher.infer(tensors)
-    except TimeoutError:
-        raise _Refusal(503, "timeout", f"request | no answer within {settings.request_timeout_s:g} s | retry later",
-                       retry_after=settings.retry_after_s) from None
-    except QueueFullError as exc:
-        raise _Refusal(503, "queue_full", str(exc), retry_after=settings.retry_after_s) from None
-    except BatcherClosedError as exc:
-        raise _Refusal(503, "not_ready", str(exc), retry_after=settings.retry_after_s) from None
-    except DeployError as exc:  # the runtime refused the batch: a server-side problem
-        raise _Refusal(500, "inference", str(exc)) from None
-    return top_k(np.stack(rows), topk, filenames=[name for name, _ in uploads])
+    uploads, rows = await infer_rows(state, lambda: _read_uploads(request, state.settings, filename),
+                                     lambda uploads: preprocess_uploads(uploads, state))
+    state.metrics.images.inc(len(rows))
+    return JSONResponse(top_k(np.stack(rows), topk, filenames=[name for name, _ in uploads]))
 
 
 async def _read_uploads(request: Request, settings: ServeSettings, filename: str | None) -> list[tuple[str, bytes]]:
     """The request's images as (name, bytes), refusing oversized, slow, empty or foreign bodies."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > settings.max_request_bytes:
-        raise _too_large(settings)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     is_raw = content_type in RAW_CONTENT_TYPES or content_type.startswith("image/")
     if content_type != MULTIPART and not is_raw:
-        raise _Refusal(415, "content_type", f"content type '{content_type}' | not an image upload | send the image "
-                       f"bytes as image/*, application/octet-stream, or files in {MULTIPART}")
-    try:
-        async with asyncio.timeout(settings.read_timeout_s):
-            uploads = await (_read_multipart(request) if content_type == MULTIPART else _read_raw(request, filename))
-    except _BodyTooLarge:
-        raise _too_large(settings) from None
-    except ClientDisconnect:
-        raise _Refusal(400, "disconnected", "request | client disconnected while sending the body") from None
-    except TimeoutError:
-        raise _Refusal(408, "read_timeout", f"request body | not received within {settings.read_timeout_s:g} s | "
-                       "send it faster or in a smaller request") from None
+        raise Refusal(415, "content_type", f"content type '{content_type}' | not an image upload | send the image "
+                      f"bytes as image/*, application/octet-stream, or files in {MULTIPART}")
+    uploads = await receive_within(request, settings, lambda: _read_multipart(request) if content_type == MULTIPART
+                                   else _read_raw(request, filename))
     if not uploads:
-        raise _Refusal(400, "empty", f"request | {MULTIPART} body holds no file part | send each image as a file")
-    if len(uploads) > settings.max_images:
-        raise _Refusal(413, "too_many_images", f"request | {len(uploads)} images, the limit is "
-                       f"{settings.max_images} | split it into several requests")
+        raise Refusal(400, "empty", f"request | {MULTIPART} body holds no file part | send each image as a file")
+    check_image_count(len(uploads), settings)
     return uploads
 
 
 async def _read_raw(request: Request, filename: str | None) -> list[tuple[str, bytes]]:
     body = await request.body()
     if not body:
-        raise _Refusal(400, "empty", "request | empty body | send the image file's bytes")
+        raise Refusal(400, "empty", "request | empty body | send the image file's bytes")
     return [(filename or "upload", body)]
 
 
@@ -381,38 +315,9 @@ async def _read_multipart(request: Request) -> list[tuple[str, bytes]]:
     try:
         form = await request.form()
     except HTTPException as exc:  # Starlette's answer to a malformed multipart body
-        raise _Refusal(400, "bad_multipart", f"multipart body | {exc.detail} | send well-formed {MULTIPART}") from None
+        raise Refusal(400, "bad_multipart", f"multipart body | {exc.detail} | send well-formed {MULTIPART}") from None
     try:
         return [(part.filename or key, await part.read()) for key, part in form.multi_items()
                 if isinstance(part, UploadFile)]
     finally:
         await form.close()
-
-
-async def _preprocess_all(uploads: list[tuple[str, bytes]], state: _State) -> list[np.ndarray]:
-    loop = asyncio.get_running_loop()
-    items = await asyncio.gather(*(loop.run_in_executor(state.decode_pool, _load_upload, name, data, state)
-                                   for name, data in uploads))
-    errors = [{"filename": item.filename, "error": item.error} for item in items if item.error is not None]
-    if errors:
-        detail = errors[0]["error"] if len(errors) == 1 else f"{len(errors)} of {len(items)} images cannot be used"
-        raise _Refusal(400, "bad_image", detail, errors=errors)
-    return [item.tensor for item in items]
-
-
-def _load_upload(name: str, data: bytes, state: _State) -> Any:
-    """Decode and preprocess one upload exactly as ``deploy run`` treats a file (errors become the item's error)."""
-    from ppdeploy.classifier import InputItem, load_input
-    from ppdeploy.errors import ImageError
-    from ppdeploy.images import decode_image_bytes
-
-    try:
-        image = decode_image_bytes(data, name, max_pixels=state.settings.max_pixels)
-    except ImageError as exc:
-        return InputItem(name, error=str(exc))
-    return load_input((name, image), state.model.preprocess)
-
-
-def _too_large(settings: ServeSettings) -> _Refusal:
-    return _Refusal(413, "too_large", f"request body | larger than {settings.max_request_bytes:,} bytes | "
-                    "send a smaller image (or raise --max-request-bytes)")

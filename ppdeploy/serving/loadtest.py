@@ -3,8 +3,11 @@
 Run against a server already started::
 
     python -m ppdeploy.serving.loadtest --url http://127.0.0.1:8000 --requests 200 --concurrency 1,8,32
+    python -m ppdeploy.serving.loadtest --protocol v2 ...   # the same through the Open Inference Protocol
 
-Each request posts one JPEG (your ``--image`` files, or sample photos) as a raw body. Every answer is checked
+Each request posts one JPEG (your ``--image`` files, or sample photos): as a raw body to ``/v1/classify``, or with
+``--protocol v2`` as a BYTES input in Triton's binary tensor data format to ``/v2/models/{model}/infer``, asking
+for the ``topk_ids`` and ``topk_scores`` outputs (JSON and binary). Every answer is checked
 against the answer the same image got when sent alone before the run, and the server's ``/metrics`` are read
 before and after each level to report the batch sizes it really formed. Prints a Markdown table.
 """
@@ -47,8 +50,37 @@ def sample_jpegs(count: int = 8) -> list[bytes]:
     return [cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes() for img in sample_images(count)]
 
 
+class _Protocol:
+    """How one image is sent and its answer read: ``v1`` (``/v1/classify``) or ``v2`` (Open Inference Protocol)."""
+
+    def __init__(self, name: str, model: str, topk: int) -> None:
+        if name not in ("v1", "v2"):
+            raise ValueError(f"protocol {name!r}: use v1 or v2")
+        self.name, self.model, self.topk = name, model, topk
+
+    async def classify(self, client, image: bytes) -> tuple[int, list | None]:
+        """(HTTP status, the answer's class ids and 5-decimal scores) for one image."""
+        if self.name == "v1":
+            answer = await client.post("/v1/classify", content=image, params={"topk": self.topk})
+            return answer.status_code, _scores(answer.json()) if answer.status_code == 200 else None
+        from ppdeploy.serving.tensors import HEADER_LENGTH, Tensor, decode_tensors, encode_tensors
+
+        header = {"parameters": {"topk": self.topk},
+                  "outputs": [{"name": "topk_ids"}, {"name": "topk_scores", "parameters": {"binary_data": True}}]}
+        body, length = encode_tensors(header, "inputs", [Tensor("image", "BYTES", np.array([image], object))],
+                                      {"image"})
+        answer = await client.post(f"/v2/models/{self.model}/infer", content=body,
+                                   headers={HEADER_LENGTH: str(length)})
+        if answer.status_code != 200:
+            return answer.status_code, None
+        length = answer.headers.get(HEADER_LENGTH)
+        _, outputs = decode_tensors(answer.content, int(length) if length else None)
+        scores = np.round(outputs["topk_scores"].astype(np.float64), 5)
+        return 200, [(ids.tolist(), row.tolist()) for ids, row in zip(outputs["topk_ids"], scores)]
+
+
 async def run_level(client, images: list[bytes], expected: list[list], concurrency: int, requests: int,
-                    topk: int) -> LevelResult:
+                    protocol: _Protocol) -> LevelResult:
     """Send ``requests`` requests with ``concurrency`` in flight at any time."""
     latencies: list[float] = []
     counters = {"next": 0, "failed": 0, "mismatched": 0}
@@ -59,11 +91,11 @@ async def run_level(client, images: list[bytes], expected: list[list], concurren
             index = counters["next"] % len(images)
             counters["next"] += 1
             tick = time.perf_counter()
-            answer = await client.post("/v1/classify", content=images[index], params={"topk": topk})
+            status, answer = await protocol.classify(client, images[index])
             latencies.append(time.perf_counter() - tick)
-            if answer.status_code != 200:
+            if status != 200:
                 counters["failed"] += 1
-            elif _scores(answer.json()) != expected[index]:
+            elif answer != expected[index]:
                 counters["mismatched"] += 1
 
     started = time.perf_counter()
@@ -94,26 +126,33 @@ async def _batch_totals(client) -> tuple[float, float]:
 
 
 async def load_test(url: str, images: list[bytes], levels: list[int], requests: int, topk: int = 5,
-                    warmup: int = 10) -> tuple[dict, list[LevelResult]]:
-    """Warm up, take each image's answer alone, then run every level. Returns ``/readyz`` and the results."""
+                    warmup: int = 10, protocol: str = "v1") -> tuple[dict, list[LevelResult]]:
+    """Warm up, take each image's answer alone, then run every level. Returns ``/readyz`` and the results.
+
+    ``protocol``: ``v1`` (``/v1/classify``) or ``v2`` (the Open Inference Protocol's ``infer``).
+    """
     import httpx
 
     limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
         ready = (await client.get("/readyz")).json()
+        sender = _Protocol(protocol, ready.get("model", ""), topk)
         expected = []
         for data in images:
-            answer = await client.post("/v1/classify", content=data, params={"topk": topk})
-            answer.raise_for_status()
-            expected.append(_scores(answer.json()))
+            status, answer = await sender.classify(client, data)
+            if status != 200:
+                raise RuntimeError(f"{url}: an image alone got HTTP {status}")
+            expected.append(answer)
         for index in range(warmup):
-            await client.post("/v1/classify", content=images[index % len(images)], params={"topk": topk})
-        results = [await run_level(client, images, expected, level, requests, topk) for level in levels]
+            await sender.classify(client, images[index % len(images)])
+        results = [await run_level(client, images, expected, level, requests, sender) for level in levels]
+    ready["protocol"] = protocol
     return ready, results
 
 
 def render(ready: dict, results: list[LevelResult]) -> str:
-    title = (f"model {ready.get('model')} on {ready.get('backend')} ({ready.get('precision')}), max batch "
+    title = (f"{ready.get('protocol', 'v1')}: model {ready.get('model')} on {ready.get('backend')} "
+             f"({ready.get('precision')}), max batch "
              f"{ready.get('max_batch')}, max delay {ready.get('max_delay_ms')} ms, {ready.get('workers')} worker(s)")
     lines = [title, "",
              "| concurrency | requests | failed | differing | requests/s | p50 (ms) | p99 (ms) | mean batch |",
@@ -132,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,32", help="comma list of levels")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--protocol", choices=("v1", "v2"), default="v1", help="v1: POST /v1/classify; v2: the "
+                        "Open Inference Protocol (BYTES input, binary tensor data)")
     args = parser.parse_args(argv)
     images = [path.read_bytes() for path in args.image] if args.image else sample_jpegs()
     levels = [int(level) for level in args.concurrency.split(",") if level.strip()]
-    ready, results = asyncio.run(load_test(args.url, images, levels, args.requests, args.topk, args.warmup))
+    ready, results = asyncio.run(load_test(args.url, images, levels, args.requests, args.topk, args.warmup,
+                                           args.protocol))
     print(render(ready, results))
     return 1 if any(r.failed or r.mismatched for r in results) else 0
 
