@@ -46,12 +46,15 @@ class Classifier:
         mode: ``latency`` (one batch at a time) or ``throughput`` (several batches in flight: higher images/s
             for folders and servers; see ``Runtime``).
         requests: throughput mode's batches in flight (default: the backend's choice).
+        fast_decode: decode large JPEGs at 1/2-1/8 size (libjpeg DCT scaling) before the resize: faster on phone
+            photos, not PaddleClas's exact pixels (its cost is measured: docs/benchmarks.md). Off by default.
         log: called with progress lines (conversion, backend choice).
     """
 
     def __init__(self, model: str | Path = "ResNet50", backend: str = "auto", *, synthetic: bool = False,
                  fmt: str = "json", device: str = "cpu", threads: int | None = None, batch_size: int = 8,
-                 topk: int = 5, mode: str = "latency", requests: int | None = None, log: Log | None = None) -> None:
+                 topk: int = 5, mode: str = "latency", requests: int | None = None, fast_decode: bool = False,
+                 log: Log | None = None) -> None:
         from ppdeploy.models.resolve import resolve_model
         from ppdeploy.optimize.package import is_package
         from ppdeploy.preprocess import PreprocessConfig
@@ -73,6 +76,7 @@ class Classifier:
             default = self.model.spec.preprocess_config() if self.model.spec else PreprocessConfig()
             self.preprocess = PreprocessConfig.for_model_dir(self.model.paddle.directory, default)
             self.artifact_dir = self._artifact(log)
+        self.reduce_to = self.preprocess.resize_short if fast_decode else None
         self.runtime = self.choice.runtime(self.artifact_dir, device=device, threads=threads, mode=mode,
                                            requests=requests)
         try:
@@ -201,13 +205,21 @@ class Classifier:
             yield self._records(items, good, None)
 
     def _decoded(self, chunks: Iterator[list[Any]]) -> Iterator[list[InputItem]]:
-        """Decoded and preprocessed batches, two ahead of the consumer (OpenCV and the backends release the GIL)."""
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            pending = [pool.submit(_load_all, chunk, self.preprocess) for chunk in _take(chunks, 2)]
+        """Decoded and preprocessed batches, in order, from a pool of one thread per core (OpenCV and the backends
+        release the GIL), each image its own task; a few batches ahead of the consumer, never more."""
+        import os
+
+        workers = max(2, os.cpu_count() or 1)
+        ahead = 2 + (self.runtime.requests or 1)  # batches decoded ahead: enough to keep every request fed
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ppdeploy-decode") as pool:
+            def submit(chunk):
+                return [pool.submit(load_input, source, self.preprocess, self.reduce_to) for source in chunk]
+
+            pending = [submit(chunk) for chunk in _take(chunks, ahead)]
             while pending:
-                items = pending.pop(0).result()
-                pending.extend(pool.submit(_load_all, chunk, self.preprocess) for chunk in _take(chunks, 1))
-                yield items
+                futures = pending.pop(0)
+                pending.extend(submit(chunk) for chunk in _take(chunks, 1))
+                yield [future.result() for future in futures]
 
     def classify_batch(self, sources: list[Any]) -> list[dict]:
         """Decode, preprocess and classify one batch of files (paths) as one runtime call, in order.
@@ -215,7 +227,7 @@ class Classifier:
         Each source gets one record, as in :meth:`predict`: its result, or ``{filename, error}`` when it cannot
         be read (a missing, empty or corrupt file never raises). ``(name, RGB array)`` pairs are accepted too.
         """
-        return self._classify_items(_load_all(sources, self.preprocess))
+        return self._classify_items([load_input(source, self.preprocess, self.reduce_to) for source in sources])
 
     def _classify_items(self, items: list[InputItem]) -> list[dict]:
         good = [item for item in items if item.error is None]
@@ -262,8 +274,9 @@ def expand_inputs(inputs: Any) -> list[Any]:
     return expanded
 
 
-def load_input(source: Any, cfg: Any) -> InputItem:
-    """Decode and preprocess one input (a path or a ``(name, array)`` pair) with ``cfg``, a ``PreprocessConfig``.
+def load_input(source: Any, cfg: Any, reduce_to: int | None = None) -> InputItem:
+    """Decode and preprocess one input (a path or a ``(name, array)`` pair) with ``cfg``, a ``PreprocessConfig``;
+    ``reduce_to``: fast decoding of large JPEGs (see :func:`ppdeploy.images.decode_image`).
 
     Any failure becomes the item's error, never an exception.
     """
@@ -272,7 +285,7 @@ def load_input(source: Any, cfg: Any) -> InputItem:
 
     name = source[0] if isinstance(source, tuple) else str(source)
     try:
-        image = to_rgb_uint8(source[1]) if isinstance(source, tuple) else decode_image(source)
+        image = to_rgb_uint8(source[1]) if isinstance(source, tuple) else decode_image(source, reduce_to=reduce_to)
         return InputItem(name, tensor=preprocess(image, cfg))
     except ImageError as exc:
         return InputItem(name, error=str(exc))
@@ -284,10 +297,6 @@ def cv2_error() -> type[BaseException]:
     import cv2
 
     return cv2.error
-
-
-def _load_all(chunk: list[Any], cfg: Any) -> list[InputItem]:
-    return [load_input(source, cfg) for source in chunk]
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -231,6 +231,9 @@ def run(images: Annotated[str, typer.Option("--images", help="An image file, a f
         device: Annotated[str, typer.Option("--device", help="cpu or gpu.")] = "cpu",
         threads: ThreadsOpt = None,
         mode: ModeOpt = "throughput",
+        fast_decode: Annotated[bool, typer.Option("--fast-decode", help="Decode large JPEGs at 1/2-1/8 size before "
+                                                  "the resize (faster on phone photos; not PaddleClas's exact "
+                                                  "pixels: its measured effect is in docs/benchmarks.md).")] = False,
         synthetic: SyntheticOpt = False,
         fmt: FormatOpt = "json",
         output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the records to a *.jsonl "
@@ -275,7 +278,7 @@ def run(images: Annotated[str, typer.Option("--images", help="An image file, a f
         from ppdeploy.classifier import Classifier
 
         with Classifier(model, backend, synthetic=synthetic, fmt=fmt, device=device, threads=threads,
-                        batch_size=batch_size, topk=topk, mode=mode, log=_progress) as clf:
+                        batch_size=batch_size, topk=topk, mode=mode, fast_decode=fast_decode, log=_progress) as clf:
             failed = _emit(clf.predict(images), output, as_json)
     if failed:
         _err(f"{failed} input(s) could not be classified; see their error records")
@@ -301,6 +304,9 @@ def parity(model: ModelArg = "ResNet50",
                                                         "120), or at most this many of --images.")] = None,
            strict: Annotated[bool, typer.Option("--strict", help="Fail a verdict whose judge images overlap the "
                                                 "images that shaped or calibrated what it judges.")] = False,
+           fast_decode: Annotated[bool, typer.Option("--fast-decode", help="Also judge --fast-decode: the reference "
+                                                     "model on --images decoded at reduced size (int8 profile).")
+                                  ] = False,
            batch_size: BatchSizeOpt = 8,
            threads: ThreadsOpt = None,
            json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON.")] = None,
@@ -332,7 +338,7 @@ def parity(model: ModelArg = "ResNet50",
     report = parity_mod.parity(model, backends if backends is not None else ("" if artifact else "all"),
                                synthetic=synthetic, fmt=fmt, images=images, count=count, batch_size=batch_size,
                                threads=threads, overrides=overrides, strict=strict, artifact=artifact,
-                               profile=profile, log=_progress)
+                               profile=profile, fast_decode=fast_decode, log=_progress)
     typer.echo(report.render())
     if json_file:
         atomic_write_text(json_file, report.to_json())
@@ -387,8 +393,12 @@ def bench(model: ModelArg = "ResNet50",
                                                    "throughput mode (several requests in flight).")] = True,
           e2e: Annotated[bool, typer.Option("--e2e", help="Also time the whole pipeline over --images and a "
                                             "PaddleClas-style serial loop.")] = False,
-          images: Annotated[Optional[Path], typer.Option("--images", help="Photo folder for --e2e (default: 64 "
-                                                         "sample photos).")] = None,
+          images: Annotated[Optional[Path], typer.Option("--images", help="Photo folder for --e2e (the same as "
+                                                         "--corpus DIR).")] = None,
+          corpus: Annotated[Optional[str], typer.Option("--corpus", help="--e2e photos: imagenet (500x375 JPEGs, "
+                                                        "the default), phone (12 MP JPEGs), or a folder.")] = None,
+          fast_decode: Annotated[bool, typer.Option("--fast-decode", help="--e2e pipelines decode large JPEGs at "
+                                                    "reduced size (the serial-loop anchor stays exact).")] = False,
           passes: Annotated[int, typer.Option("--passes", min=1, help="Timed passes over the folder per pipeline "
                                               "and batch size (--e2e).")] = 3,
           json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the report as JSON.")] = None,
@@ -406,6 +416,7 @@ def bench(model: ModelArg = "ResNet50",
     import os
 
     from ppdeploy.bench import BenchSettings, run_bench, write_chart
+    from ppdeploy.bench.corpus import corpus_names
     from ppdeploy.fsutil import atomic_write_text
 
     try:
@@ -416,8 +427,14 @@ def bench(model: ModelArg = "ResNet50",
         raise DeployError(f"--batch-sizes '{batch_sizes}' | not a comma list of positive integers | e.g. 1,4,8")
     settings = BenchSettings(batch_sizes=sizes, threads=threads or os.cpu_count() or 1, warmup=warmup, iters=iters,
                              rounds=min(rounds, iters), parity_images=parity_images if parity_check else 0,
-                             e2e_passes=passes if e2e else 0, throughput=throughput)
-    report = run_bench(model, backends, settings, synthetic=synthetic, fmt=fmt, images=images, log=_progress)
+                             e2e_passes=passes if e2e else 0, throughput=throughput, fast_decode=fast_decode)
+    if images is not None and corpus is not None:
+        raise DeployError("--images and --corpus | both given | give one: --corpus takes a folder too")
+    if corpus is not None and corpus not in corpus_names() and not Path(corpus).is_dir():
+        raise DeployError(f"--corpus '{corpus}' | neither a corpus nor a folder | choose one of: "
+                          f"{', '.join(corpus_names())}, or a folder of photos")
+    report = run_bench(model, backends, settings, synthetic=synthetic, fmt=fmt, images=corpus or images,
+                       log=_progress)
     typer.echo(report.render())
     if json_file:
         atomic_write_text(json_file, report.to_json())
@@ -476,7 +493,10 @@ def optimize(model: ModelArg = "ResNet50",
 def samples(output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write the photos to (created).")],
             count: Annotated[int, typer.Option("--count", min=1, max=1000, help="How many images.")] = 16,
             role: Annotated[str, typer.Option("--role", help="Which built-in set: judge (default: the held-out "
-                                              "parity photos), shape, calibration or validation.")] = "judge") -> None:
+                                              "parity photos), shape, calibration or validation.")] = "judge",
+            corpus: Annotated[Optional[str], typer.Option("--corpus", help="Instead: a bench corpus made from the "
+                                                          "judge photos: imagenet (500x375 JPEGs) or phone (12 MP "
+                                                          "JPEGs).")] = None) -> None:
     """Write real sample photos (JPEG and PNG) to a folder, to try 'deploy run' on.
 
     They are crops, flips, scales and JPEG re-encodings of a few photos shipped inside installed packages
@@ -490,6 +510,13 @@ def samples(output: Annotated[Path, typer.Option("-o", "--output", help="Folder 
 
     if role not in ROLE_PHOTOS:
         raise DeployError(one_line(f"--role {role}", "unknown", "choose one of: " + ", ".join(ROLE_PHOTOS)))
+    if corpus is not None:
+        from ppdeploy.bench.corpus import write_corpus
+
+        paths = write_corpus(corpus, output, count)
+        _progress(f"wrote {len(paths)} '{corpus}' corpus JPEGs to {output} (made from the judge photos)")
+        typer.echo(str(output))
+        return
     paths = write_sample_folder(output, count, role=role)
     sources = ", ".join(f"{photo.distribution} {photo.name}" for photo in ROLE_PHOTOS[role])
     _progress(f"wrote {len(paths)} {role} photos to {output} (variations of: {sources})")

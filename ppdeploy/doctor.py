@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+# Why the seed's phone runtime is not a backend (docs/edge.md); MNN and ncnn are the edge targets instead.
+PADDLE_LITE = ("Paddle Lite: not a target (its PyPI wheels stop at Python 3.7 and its opt tool reads legacy .pdmodel, "
+               "not Paddle 3's inference.json); for phones and ARM boards use mnn or ncnn (docs/edge.md)")
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Diagnosis:
         lines += ["Measured decisions (used by --backend auto before the static order):",
                   *(f"  {line}" for line in self.decisions)] if self.decisions else \
                  ["Measured decisions: none ('deploy optimize MODEL' makes one; --backend auto uses it)"]
+        lines.append(PADDLE_LITE)
         lines += [f"PROBLEM: {problem}" for problem in self.problems]
         return "\n".join(lines)
 

@@ -185,7 +185,7 @@ def _expand_glob(pattern: str) -> list[Path]:
 
 
 def decode_image(path: str | os.PathLike, *, max_pixels: int | None = None,
-                 max_bytes: int | None = None) -> np.ndarray:
+                 max_bytes: int | None = None, reduce_to: int | None = None) -> np.ndarray:
     """Decode one image file to an RGB ``uint8`` array of shape (H, W, 3), as ``cv2.imread`` + BGR→RGB would.
 
     Args:
@@ -193,6 +193,9 @@ def decode_image(path: str | os.PathLike, *, max_pixels: int | None = None,
         max_pixels: largest accepted width x height; ``None`` uses ``$PPDEPLOY_MAX_PIXELS`` or the default,
             0 disables the check.
         max_bytes: largest accepted file size; ``None`` uses ``$PPDEPLOY_MAX_IMAGE_BYTES`` or 64 MiB, 0 disables.
+        reduce_to: fast decoding (``--fast-decode``, not PaddleClas's exact pipeline): a JPEG whose short side is
+            at least twice this many pixels is decoded at 1/2, 1/4 or 1/8 size by libjpeg's DCT scaling (the
+            largest reduction that keeps the short side at or above ``reduce_to``); other files as usual.
 
     Raises:
         ImageError: the file is missing, unreadable, not a regular file, empty, above the byte limit, truncated,
@@ -200,16 +203,17 @@ def decode_image(path: str | os.PathLike, *, max_pixels: int | None = None,
     """
     path = Path(path)
     limit = pixel_limit(max_pixels)
-    return _decode(_read_bytes(path, image_byte_limit(max_bytes)), path, limit)
+    return _decode(_read_bytes(path, image_byte_limit(max_bytes)), path, limit, reduce_to)
 
 
-def decode_image_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int | None = None) -> np.ndarray:
+def decode_image_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int | None = None,
+                       reduce_to: int | None = None) -> np.ndarray:
     """Decode an image held in memory (an upload) by the same rules as :func:`decode_image`.
 
     Args:
         data: the encoded image file's bytes.
         name: what error messages call the image (an upload's filename).
-        max_pixels: as for :func:`decode_image`.
+        max_pixels, reduce_to: as for :func:`decode_image`.
 
     Raises:
         ImageError: the data is empty, truncated, not an image, or above the pixel limit.
@@ -217,21 +221,49 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>", *, max_pixels: int | 
     limit = pixel_limit(max_pixels)
     if not data:
         raise ImageError(one_line(f"image '{name}'", "is empty (0 bytes)", "send the image file's bytes"))
-    return _decode(bytes(data), name, limit)
+    return _decode(bytes(data), name, limit, reduce_to)
 
 
-def _decode(data: bytes, name: str | Path, limit: int | None) -> np.ndarray:
+def _decode(data: bytes, name: str | Path, limit: int | None, reduce_to: int | None = None) -> np.ndarray:
     if limit is not None:
         _check_header_size(name, data, limit)
     kind = _sniff_format(data)
     if kind == "JPEG" and _jpeg_is_truncated(data):
         raise ImageError(one_line(f"image '{name}'", "JPEG data is truncated", _REEXPORT))
-    bgr = _imdecode(without_color_profile(data) if kind == "PNG" else data)
+    factor = reduction(header_size(data), reduce_to) if kind == "JPEG" and reduce_to else 1
+    bgr = _imdecode(without_color_profile(data) if kind == "PNG" else data, _REDUCED[factor])
     if bgr is None:
         raise ImageError(_undecodable_message(name, kind))
-    if limit is not None:
+    if limit is not None and factor == 1:  # a reduced decode was checked at full size from the header
         _check_pixels(name, bgr.shape[1], bgr.shape[0], limit)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def reduction(size: tuple[int, int] | None, reduce_to: int) -> int:
+    """The DCT-scaling factor (1, 2, 4 or 8) for a ``size`` (width, height) JPEG: the largest that keeps the short
+    side at or above ``reduce_to``, and only when the short side is at least twice ``reduce_to``."""
+    if size is None or min(size) < 2 * reduce_to:
+        return 1
+    return max(f for f in (2, 4, 8, 1) if min(size) // f >= reduce_to)
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header without decoding the pixels (Pillow), or None."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
+                return img.size
+    except Exception:  # noqa: BLE001 - an odd header: decode at full size
+        return None
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -347,9 +379,9 @@ def _jpeg_is_truncated(data: bytes) -> bool:
     return False
 
 
-def _imdecode(data: bytes) -> np.ndarray | None:
+def _imdecode(data: bytes, flag: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
     try:
-        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     except cv2.error:
         return None
 

@@ -280,6 +280,9 @@ def rebatch(batches: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
     return [tensor[i:i + size] for i in range(0, len(tensor), size)]
 
 
+FAST_DECODE = "paddle+fast-decode"  # the reference model fed reduced-size JPEG decoding
+
+
 class ParityChecker:
     """Holds the reference outputs of one model on one judge set; checks any runtime against them.
 
@@ -319,17 +322,20 @@ class ParityChecker:
         return sets, overlap(self.judge_record, self.shape_set)["overlap"]
 
     def check(self, label: str, runtime: Any, profile: Profile, *, transform: Transform | None = None,
-              calibration: dict[str, Any] | None = None, batch: int | None = None) -> BackendResult:
+              calibration: dict[str, Any] | None = None, batch: int | None = None,
+              inputs: list[np.ndarray] | None = None) -> BackendResult:
         """Run ``runtime`` on the reference batches and judge it against ``profile``.
 
         Args:
             calibration: the set record the artifact was calibrated on (its manifest's ``calibration_set``).
             batch: the runtime's fixed batch size, if it has one (the images are re-batched to fit).
+            inputs: other batches of the same images to run instead (another way of decoding them).
         """
         from ppdeploy.samples import overlap
 
         started = time.perf_counter()
-        batches = self.batches if batch is None else rebatch(self.batches, batch)
+        batches = inputs or self.batches
+        batches = batches if batch is None else rebatch(batches, batch)
         output = run_batches(runtime, batches, transform)[:len(self.reference)]
         self.outputs[label] = output
         metrics = compare(self.reference, output, self.filenames, profile.tie_margin)
@@ -371,6 +377,29 @@ class ParityChecker:
         result.seconds = round(time.perf_counter() - started, 3)
         return result
 
+
+    def check_fast_decode(self, profile: Profile | None = None) -> BackendResult:
+        """What ``--fast-decode`` costs: the reference model on the judge files decoded at reduced size (libjpeg DCT
+        scaling, then PaddleClas's resize and crop) against the same model on exact decoding, judged by the int8
+        profile (agreement-based) unless another is given. Needs judge photos that are files (``--images``)."""
+        from ppdeploy.classifier import load_input
+        from ppdeploy.registry import PADDLE, runtime_class
+
+        if not all(Path(name).is_file() for name in self.filenames):
+            raise DeployError(one_line("--fast-decode", "needs judge photos that are files",
+                                       "give --images DIR (e.g. 'deploy samples --corpus phone -o DIR')"))
+        items = [load_input(Path(name), self.preprocess, self.preprocess.resize_short) for name in self.filenames]
+        failed = next((item.error for item in items if item.error), None)
+        if failed:
+            raise DeployError(failed)
+        tensor = np.stack([item.tensor for item in items])
+        size = len(self.batches[0])
+        inputs = [tensor[i:i + size] for i in range(0, len(tensor), size)]
+        with runtime_class(PADDLE)(self.model.paddle.directory, threads=self.threads) as reference:
+            result = self.check(FAST_DECODE, reference, profile or PROFILES["int8"], inputs=inputs)
+        result.details = {**result.details, "decode": f"reduced-size JPEG decoding (resize_short "
+                                                      f"{self.preprocess.resize_short})"}
+        return result
 
     def check_artifact(self, path: str | Path, *, profile: Profile | None = None) -> BackendResult:
         """Judge a model file made by any tool (ONNX, OpenVINO IR, TensorRT engine), no manifest needed.
@@ -432,7 +461,8 @@ def expand_backends(spec: str | Sequence[str]) -> tuple[list[str], list[str]]:
 def parity(model: str | Path = "ResNet50", backends: str | Sequence[str] = "all", *, synthetic: bool = False,
            fmt: str = "json", images: str | Path | None = None, count: int | None = None, batch_size: int = 8,
            threads: int | None = None, overrides: dict[str, Profile] | None = None, strict: bool = False,
-           artifact: str | Path | None = None, profile: str | None = None, log: Log | None = None) -> ParityReport:
+           artifact: str | Path | None = None, profile: str | None = None, fast_decode: bool = False,
+           log: Log | None = None) -> ParityReport:
     """Check ``backends`` of ``model`` against Paddle Inference and return the report.
 
     Args:
@@ -449,6 +479,7 @@ def parity(model: str | Path = "ResNet50", backends: str | Sequence[str] = "all"
         artifact: a model file made by any tool (ONNX, OpenVINO IR, TensorRT engine) to judge, alone unless
             ``backends`` names others too.
         profile: judge ``artifact`` by this profile instead of the one its arithmetic calls for.
+        fast_decode: add a row for ``--fast-decode`` (reduced-size JPEG decoding) on the reference model.
         log: progress lines.
     """
     from ppdeploy.models.resolve import resolve_model
@@ -480,6 +511,11 @@ def parity(model: str | Path = "ResNet50", backends: str | Sequence[str] = "all"
         if log:
             log(f"parity: {name} ...")
         results.append(checker.check_backend(name, profile=profile_for(name, profiles), log=log))
+    if fast_decode:
+        if log:
+            log(f"parity: {FAST_DECODE} ...")
+        results.append(checker.check_fast_decode(profiles["int8"]))
+        requested = [FAST_DECODE, *requested]
     return finish_report(checker, results, requested, strict)
 
 

@@ -21,13 +21,28 @@ from pathlib import Path
 import pytest
 from corpus import write_photos
 from test_reliability import assert_one_line_error, run_args, run_main
-from test_reliability import model_dir as _model_dir  # noqa: F401 - shared fixtures, registered by their own names
-from test_reliability import photo as _photo  # noqa: F401
-from test_reliability import private_home as _private_home  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model) -> Path:
+    return tiny_model("json").directory
 
 
 def _mount(*args: str) -> bool:
     return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def private_home(tmp_path, monkeypatch) -> Path:
+    """A cache of this test's own (the tests damage it)."""
+    monkeypatch.setenv("PPDEPLOY_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    (tmp_path / "one photo").mkdir()
+    return write_photos(tmp_path / "one photo", 1)[0]
 
 
 # ------------------------------------------------------------------------------------------ tampered artifacts

@@ -18,7 +18,7 @@ PYPROJECT = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_te
 EXTRAS = PYPROJECT["optional-dependencies"]
 # Imports a slim install lacks: every backend library, the server and Ray.
 BLOCKED = ("paddle", "paddle2onnx", "onnx", "onnxruntime", "onnxconverter_common", "openvino", "nncf", "tensorrt",
-           "fastapi", "uvicorn", "ray")
+           "fastapi", "uvicorn", "ray", "MNN", "ncnn")
 
 
 def _name(requirement: str) -> str:

@@ -133,21 +133,34 @@ def _throughput_table(report: BenchReport) -> str:
 
 
 def _e2e_table(report: BenchReport) -> str:
-    head = ["Pipeline", "Batch", "Parity", "End-to-end img/s", "Model-only img/s", "E2E / model-only",
-            "x serial loop", "Order kept"]
+    head = ["Pipeline", "Batch", "Mode", "Parity", "End-to-end img/s", "Model-only img/s", "E2E / model-only",
+            "x serial loop", "CPU busy", "Order kept"]
     anchors = {a.batch_size: a.images_per_s for a in report.anchor}
+    cores = report.machine.get("cores") or 1
     rows = []
     for row in [*report.anchor, *report.e2e]:
-        model_only = report.model_only(row.backend, row.batch_size) if row.backend != ANCHOR else math.nan
+        model_only = report.model_only_for(row) if row.backend != ANCHOR else math.nan
         info = report.info(row.backend)
-        rows.append([row.backend, str(row.batch_size), parity_mark(info) if info else "-",
+        busy = row.cpu_busy(cores)
+        rows.append([row.backend, str(row.batch_size), row.mode if row.backend != ANCHOR else "latency",
+                     parity_mark(info) if info else "-",
                      f"{row.images_per_s:.1f}", _num(model_only if math.isfinite(model_only) else None, "{:.1f}"),
                      f"{row.images_per_s / model_only:.1%}" if math.isfinite(model_only) else "-",
                      f"{row.images_per_s / anchors[row.batch_size]:.2f}" if row.batch_size in anchors else "-",
-                     "yes" if row.ordered else "NO"])
-    title = (f"End to end over {report.images_dir or 'the image folder'} (decode + preprocess + infer + top-5, "
-             "Classifier.predict; anchor: decode → preprocess → Paddle Inference fp32, batch after batch)")
-    return title + "\n\n" + _markdown(head, rows)
+                     f"{busy:.0%}" if math.isfinite(busy) else "-", "yes" if row.ordered else "NO"])
+    fast = " with --fast-decode (the anchor decodes exactly)" if report.settings.fast_decode else ""
+    title = (f"End to end over {report.images_dir or 'the image folder'}{fast} (decode + preprocess + infer + "
+             "top-5, Classifier.predict; model-only in the same mode; anchor: decode → preprocess → Paddle "
+             "Inference fp32, batch after batch)")
+    table = title + "\n\n" + _markdown(head, rows)
+    if report.stages:
+        stage_head = ["Pipeline", "Batch", *[f"{stage} ms/img" for stage in report.stages[0].seconds], "total"]
+        stage_rows = [[st.backend, str(st.batch_size), *[f"{v:.2f}" for v in st.per_image_ms().values()],
+                       f"{sum(st.per_image_ms().values()):.2f}"] for st in report.stages]
+        table += ("\n\nWhere an image's time goes (one thread, no overlap: read, decode, PaddleClas preprocessing "
+                  "per image; inference and top-k per batch, divided by its images)\n\n"
+                  + _markdown(stage_head, stage_rows))
+    return table
 
 
 def _overhead_table(report: BenchReport) -> str:

@@ -18,7 +18,6 @@ import dataclasses
 import math
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ppdeploy.bench.corpus import corpus_folder
 from ppdeploy.bench.report import (
     ANCHOR,
     REFERENCE,
@@ -36,6 +36,7 @@ from ppdeploy.bench.report import (
     BenchSettings,
     E2EResult,
     Overhead,
+    StageResult,
     ThroughputResult,
 )
 from ppdeploy.bench.worker import Worker, WorkerSpec
@@ -88,7 +89,8 @@ def run_bench(model: str | Path = "ResNet50", backends: str | Sequence[str] = "p
         settings: batch sizes, threads, iterations, parity and e2e options.
         synthetic: seeded synthetic weights for a zoo name.
         fmt: Paddle format of a synthetic export.
-        images: folder of photos for the e2e run (``settings.e2e_passes > 0``); default: 64 sample photos.
+        images: photos for the e2e run (``settings.e2e_passes > 0``): a corpus name (``imagenet``, ``phone``:
+            ``ppdeploy.bench.corpus``) or a folder; default: the ``imagenet`` corpus.
         judge_images: the user's folder of judge photos for the parity verdicts; default: the built-in judge set.
         log: progress lines.
 
@@ -112,9 +114,8 @@ def run_bench(model: str | Path = "ResNet50", backends: str | Sequence[str] = "p
         measure_model_only(workers, report, settings, _input_batch(resolved, max(settings.batch_sizes)), say)
         measure_overhead(workers, report, settings, say)
         if settings.e2e_passes:
-            with _image_folder(images) as folder:
-                count = _count_images(folder)
-                report.images_dir = f"{images} ({count} images)" if images else f"{count} sample photos (JPEG+PNG)"
+            with corpus_folder(images) as (folder, described):
+                report.images_dir = f"{described} ({_count_images(folder)} images)"
                 measure_e2e(workers, report, settings, folder, say)
     report.machine["loadavg_after"] = _loadavg()
     return report
@@ -215,7 +216,8 @@ def _workers(variants: Sequence[Choice], artifacts: dict[str, Path], report: Ben
         for variant in variants:
             info = report.info(variant.label)
             spec = WorkerSpec(variant.label, variant.backend, variant.label, str(artifacts[variant.label]),
-                              _device(variant), settings.threads, dict(variant.options), model, synthetic, fmt)
+                              _device(variant), settings.threads, dict(variant.options), model, synthetic, fmt,
+                              settings.fast_decode)
             say(f"loading {variant.label} in its own process ...")
             try:
                 worker = Worker(spec)
@@ -336,18 +338,30 @@ def measure_e2e(workers: dict[str, Worker], report: BenchReport, settings: Bench
         say(f"end to end, batch {batch_size}: {settings.e2e_passes} timed passes per pipeline ...")
         rows = {label: E2EResult(label, batch_size, 0, []) for label in workers}
         anchor = E2EResult(ANCHOR, batch_size, 0, [])
-        jobs = [(label, "e2e", rows[label]) for label in workers]
-        jobs += [(REFERENCE, "serial", anchor)] if REFERENCE in workers else []
+        mode = "throughput" if settings.throughput else "latency"
+        for row in rows.values():
+            row.mode = mode
+        jobs = [(label, "e2e", rows[label], {"mode": mode}) for label in workers]
+        jobs += [(REFERENCE, "serial", anchor, {})] if REFERENCE in workers else []
         for pass_index in range(settings.e2e_passes + 1):  # pass 0 warms up (and builds the Classifier)
-            for label, command, row in jobs[pass_index % len(jobs):] + jobs[:pass_index % len(jobs)]:
+            for label, command, row, extra in jobs[pass_index % len(jobs):] + jobs[:pass_index % len(jobs)]:
                 time.sleep(settings.settle_s)
-                answer = _safe_call(workers[label], report, command, folder=str(folder), batch_size=batch_size)
+                answer = _safe_call(workers[label], report, command, folder=str(folder), batch_size=batch_size,
+                                    **extra)
                 if answer and pass_index:
                     row.images, row.ordered = answer["images"], row.ordered and answer["ordered"]
                     row.pass_seconds.append(answer["seconds"])
+                    row.cpu_seconds.append(answer.get("cpu_seconds", math.nan))
         report.e2e += [row for row in rows.values() if row.pass_seconds]
         if anchor.pass_seconds:
             report.anchor.append(anchor)
+    batch_size = max(settings.batch_sizes)
+    say(f"end to end: time per stage, batch {batch_size}, one thread ...")
+    for label, worker in workers.items():
+        answer = _safe_call(worker, report, "stages", folder=str(folder), batch_size=batch_size)
+        if answer:
+            images = int(answer.pop("images"))
+            report.stages.append(StageResult(label, batch_size, images, answer))
 
 
 def _input_batch(resolved: Any, size: int) -> np.ndarray:
@@ -363,19 +377,6 @@ def _input_batch(resolved: Any, size: int) -> np.ndarray:
 def _tile(batch: np.ndarray, size: int) -> np.ndarray:
     reps = math.ceil(size / len(batch))
     return np.ascontiguousarray(np.concatenate([batch] * reps)[:size])
-
-
-@contextlib.contextmanager
-def _image_folder(images: str | Path | None, count: int = 64) -> Iterator[Path]:
-    """The user's folder, or ``count`` sample photos written to a temporary folder for the run."""
-    if images is not None:
-        yield Path(images)
-        return
-    from ppdeploy.samples import write_sample_folder
-
-    with tempfile.TemporaryDirectory(prefix="ppdeploy-bench-") as tmp:
-        write_sample_folder(tmp, count)
-        yield Path(tmp)
 
 
 def _count_images(folder: Path) -> int:

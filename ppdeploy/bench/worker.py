@@ -33,6 +33,7 @@ class WorkerSpec:
     model: str
     synthetic: bool
     fmt: str
+    fast_decode: bool = False
 
 
 class Worker:
@@ -125,6 +126,7 @@ class _ChildState:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.runtime: Any = None
+        self.streamed: Any = None
         self.batch: np.ndarray | None = None
         self.classifier: Any = None
 
@@ -159,18 +161,21 @@ class _ChildState:
     def cmd_throughput(self, calls: int, untimed: int = 0) -> dict[str, Any]:
         """Throughput mode: a second runtime with several requests in flight (loaded, timed over ``calls``
         batches of the current input, closed); its seconds, its requests in flight and what it ran as."""
-        runtime = self._runtime(mode="throughput")
-        try:
-            for _ in runtime.infer_stream(self.batch for _ in range(untimed or 2 * runtime.requests)):
-                pass
-            started = time.perf_counter()
-            for _ in runtime.infer_stream(self.batch for _ in range(calls)):
-                pass
-            seconds = time.perf_counter() - started
-            return {"seconds": seconds, "calls": calls, "requests": runtime.requests,
-                    "mode": runtime.details.get("mode", "")}
-        finally:
-            runtime.close()
+        runtime = self._streamed()
+        for _ in runtime.infer_stream(self.batch for _ in range(untimed or 2 * runtime.requests)):
+            pass
+        started = time.perf_counter()
+        for _ in runtime.infer_stream(self.batch for _ in range(calls)):
+            pass
+        seconds = time.perf_counter() - started
+        return {"seconds": seconds, "calls": calls, "requests": runtime.requests,
+                "mode": runtime.details.get("mode", "")}
+
+    def _streamed(self) -> Any:
+        """This row's throughput-mode runtime (a second instance, loaded once)."""
+        if self.streamed is None:
+            self.streamed = self._runtime(mode="throughput")
+        return self.streamed
 
     def cmd_peak_rss(self) -> float:
         return peak_rss_mb()
@@ -191,15 +196,44 @@ class _ChildState:
             raw += time_calls(raw_infer, batch, block)
         return {"wrapper_ms": statistics.median(wrapped), "raw_ms": statistics.median(raw), "raw_api": raw_api}
 
-    def cmd_e2e(self, folder: str, batch_size: int) -> dict[str, Any]:
+    def cmd_e2e(self, folder: str, batch_size: int, mode: str = "latency") -> dict[str, Any]:
         from ppdeploy.images import list_images
 
         classifier = self._classifier()
+        classifier.runtime = self._streamed() if mode == "throughput" else self.runtime
         files = [str(p) for p in list_images(folder)]
-        started = time.perf_counter()
+        cpu, started = _cpu_seconds(), time.perf_counter()
         names = [record["filename"] for batch in classifier.predict(folder, batch_size=batch_size) for record in batch]
         seconds = time.perf_counter() - started
-        return {"seconds": seconds, "images": len(files), "ordered": names == files}
+        return {"seconds": seconds, "images": len(files), "ordered": names == files,
+                "cpu_seconds": _cpu_seconds() - cpu}
+
+    def cmd_stages(self, folder: str, batch_size: int) -> dict[str, float]:
+        """Seconds per stage over the folder, one image at a time on one thread (reading, decoding, PaddleClas
+        preprocessing) and batch by batch (inference, top-k): where an image's time goes."""
+        from ppdeploy.images import decode_image_bytes, list_images
+        from ppdeploy.postprocess import top_k
+        from ppdeploy.preprocess import preprocess
+
+        cfg, reduce_to = self._classifier().preprocess, self._classifier().reduce_to
+        stages = dict.fromkeys(("read", "decode", "preprocess", "infer", "post"), 0.0)
+        files = list_images(folder)
+        for start in range(0, len(files), batch_size):
+            tensors = []
+            for path in files[start:start + batch_size]:
+                tick = time.perf_counter()
+                data = Path(path).read_bytes()
+                stages["read"] += (tock := time.perf_counter()) - tick
+                image = decode_image_bytes(data, str(path), reduce_to=reduce_to)
+                stages["decode"] += (tick := time.perf_counter()) - tock
+                tensors.append(preprocess(image, cfg))
+                stages["preprocess"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            probs = self.runtime.infer(np.stack(tensors))
+            stages["infer"] += (tock := time.perf_counter()) - tick
+            top_k(probs, 5)
+            stages["post"] += time.perf_counter() - tock
+        return {**stages, "images": len(files)}
 
     def cmd_serial(self, folder: str, batch_size: int) -> dict[str, Any]:
         from ppdeploy.images import list_images
@@ -220,14 +254,24 @@ class _ChildState:
             with contextlib.redirect_stderr(io.StringIO()):
                 warn_synthetic()  # the parent has warned already
             self.classifier = Classifier(self.spec.model, self.spec.choice, synthetic=self.spec.synthetic,
-                                         fmt=self.spec.fmt, device=self.spec.device, threads=self.spec.threads)
+                                         fmt=self.spec.fmt, device=self.spec.device, threads=self.spec.threads,
+                                         fast_decode=self.spec.fast_decode)
             self.classifier.runtime.close()  # one loaded model per child: use the one that was timed
             self.classifier.runtime = self.runtime
         return self.classifier
 
     def close(self) -> None:
-        if self.runtime is not None:
-            self.runtime.close()
+        for runtime in (self.runtime, self.streamed):
+            if runtime is not None:
+                runtime.close()
+
+
+def _cpu_seconds() -> float:
+    """This process's user + system CPU time so far (all threads)."""
+    import os
+
+    times = os.times()
+    return times.user + times.system
 
 
 def time_calls(infer: Callable[[np.ndarray], Any], batch: np.ndarray, calls: int) -> list[float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import queue
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -79,9 +80,12 @@ class Runtime:
         self._load()
         if self.requests is None:  # a backend without a throughput mode of its own runs one request at a time
             self.requests = max(1, len(self._lanes))
-        self._free: queue.SimpleQueue = queue.SimpleQueue()  # throughput mode: lanes not running a request now
-        for lane in self._lanes:
-            self._free.put(lane)
+        # Throughput mode: each lane runs on a thread of its own, always the same one (Paddle's oneDNN predictors
+        # failed with "std::exception" when one predictor was run from changing threads); free lanes wait here.
+        self._threads = [ThreadPoolExecutor(1, thread_name_prefix=f"ppdeploy-{self.name}-lane") for _ in self._lanes]
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for lane, thread in zip(self._lanes, self._threads):
+            self._free.put((lane, thread))
         self.details.setdefault("mode", mode if mode == "latency" else f"throughput ({self.requests} in flight)")
 
     @classmethod
@@ -103,11 +107,11 @@ class Runtime:
         return self._on_free_lane(batch) if self._lanes else self._infer(batch)
 
     def _on_free_lane(self, batch: np.ndarray) -> np.ndarray:
-        lane = self._free.get()
+        lane, thread = self._free.get()
         try:
-            return lane(batch)
+            return thread.submit(lane, batch).result()
         finally:
-            self._free.put(lane)
+            self._free.put((lane, thread))
 
     def infer_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Each batch's output, in order. In throughput mode up to ``requests`` batches run at once (the
@@ -138,7 +142,9 @@ class Runtime:
 
     def close(self) -> None:
         """Release the backend's resources; the runtime cannot be used afterwards."""
-        self._lanes = []
+        for thread in getattr(self, "_threads", ()):
+            thread.shutdown(wait=True)
+        self._lanes, self._threads = [], []
         self.inputs = ()
 
     def __enter__(self) -> Runtime:

@@ -36,28 +36,32 @@ class PaddleRuntime(Runtime):
 
         model = find_paddle_model(self.artifact_dir)
         check_params_file(model.params_file)  # Paddle may load a cut file and compute NaN or wrong answers
-        config = pi.Config(str(model.model_file), str(model.params_file))  # explicit files: json and pdmodel
-        config.disable_glog_info()
         lanes, threads = self.lane_plan() if self.device == "cpu" else (1, None)
         threads = threads or os.cpu_count() or 1
-        if self.device == "gpu":
-            _enable_gpu(config)
-        else:
-            config.disable_gpu()
-            config.enable_onednn()
-            config.set_cpu_math_library_num_threads(threads)
-        self._predictor = _create_predictor(pi, config, model)
+        self._predictor = _create_predictor(pi, self._config(pi, model, threads), model)
         feed_name, fetch_name = self._predictor.get_input_names()[0], self._predictor.get_output_names()[0]
         self._run = _lane(self._predictor)
         self.requests = lanes
-        # Throughput mode: predictor clones share the weights; each serves one request at a time.
-        self._lanes = [_lane(self._predictor.clone()) for _ in range(lanes)] if lanes > 1 else []
+        # Throughput mode: one predictor per request in flight, each always run from its own thread (Runtime).
+        self._lanes = [_lane(_create_predictor(pi, self._config(pi, model, threads), model))
+                       for _ in range(lanes)] if lanes > 1 else []
         shapes = declared_shapes(model)
         self.inputs = (_spec(feed_name, self._predictor.get_input_handle(feed_name), shapes, rank=4),)
         self.outputs = (_spec(fetch_name, self._predictor.get_output_handle(fetch_name), shapes, rank=2),)
         self.details = {"precision": "fp32", "device": self.device, "format": model.fmt,
                         "onednn": "on" if self.device == "cpu" else "off",
                         "threads": str(threads) if self.device == "cpu" else "n/a"}
+
+    def _config(self, pi, model: PaddleModel, threads: int):
+        config = pi.Config(str(model.model_file), str(model.params_file))  # explicit files: json and pdmodel
+        config.disable_glog_info()
+        if self.device == "gpu":
+            _enable_gpu(config)
+        else:
+            config.disable_gpu()
+            config.enable_onednn()
+            config.set_cpu_math_library_num_threads(threads)
+        return config
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self._run(batch)
