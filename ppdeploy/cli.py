@@ -551,6 +551,13 @@ def serve(model: ModelArg,
                                                             "0: no limit).")] = None,
           request_timeout: Annotated[float, typer.Option("--request-timeout", min=0.001, help="Seconds to answer "
                                                          "a request (503 after).")] = 30.0,
+          max_request_pixels: Annotated[int, typer.Option("--max-request-pixels", min=0, help="Most pixels the "
+                                                          "images of one request may decode to in all (413 "
+                                                          "above).")] = 256_000_000,
+          header_timeout: Annotated[float, typer.Option("--header-timeout", min=0.001, help="Seconds to receive a "
+                                                        "request's headers (408 and close after).")] = 10.0,
+          max_connections: Annotated[int, typer.Option("--max-connections", min=1, help="Open connections (one "
+                                                       "more: 503 and close).")] = 256,
           topk: Annotated[int, typer.Option("--topk", min=1, help="Default classes per image.")] = 5,
           device: Annotated[str, typer.Option("--device", help="cpu or gpu.")] = "cpu",
           threads: Annotated[Optional[int], typer.Option("--threads", help="Inference threads per worker.")] = None,
@@ -578,7 +585,9 @@ def serve(model: ModelArg,
     _check_choice("--mode", mode, registry.MODES)
     settings = ServeSettings(host=host, port=port, max_batch=max_batch, max_delay_ms=max_delay_ms, workers=workers,
                              max_queue=max_queue, max_request_bytes=max_request_bytes, max_images=max_images,
-                             max_pixels=max_pixels, request_timeout_s=request_timeout, topk=topk)
+                             max_pixels=max_pixels, request_timeout_s=request_timeout, topk=topk,
+                             max_request_pixels=max_request_pixels, header_timeout_s=header_timeout,
+                             max_connections=max_connections)
     if engine == "ray":
         from ppdeploy.scaleout.cluster import ModelConfig, require_ray
 

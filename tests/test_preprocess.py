@@ -374,3 +374,13 @@ def test_resize_size_property(width, height, short):
     assert (new_w, new_h) == spec_size(width, height, short)
     assert min(new_w, new_h) == short
     assert abs(new_w * height - new_h * width) <= max(width, height)  # aspect kept within rounding
+
+
+@pytest.mark.parametrize(("mean", "std", "scale"), [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255),
+                                                    ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 0.00392157),
+                                                    ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), 1.0)])
+def test_one_pass_normalisation_is_bit_identical_to_paddleclas_order(mean, std, scale):
+    from ppdeploy.preprocess import normalized_chw
+
+    img = np.random.default_rng(0).integers(0, 256, (57, 41, 3), dtype=np.uint8)
+    assert np.array_equal(normalized_chw(img, mean, std, scale), to_chw(normalize(img, mean, std, scale)))

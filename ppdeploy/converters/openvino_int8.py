@@ -30,7 +30,6 @@ import contextlib
 import functools
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,7 @@ from ppdeploy.converters import accuracy
 from ppdeploy.converters.base import ConvertOptions, ConvertResult
 from ppdeploy.converters.openvino_ir import MODEL_FILE, read_ir
 from ppdeploy.errors import OPENVINO_LOCATION_LINES, ConversionError, DeployError, first_line, one_line
+from ppdeploy.fsutil import scratch_dir
 from ppdeploy.registry import Target, register_target
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def quantize(model, batch: np.ndarray, validation: np.ndarray, max_drop: float |
     previous = _quiet_nncf()
     try:
         # NNCF draws progress bars on stdout; stdout belongs to the command's result (e.g. the artifact path).
-        with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix="ppdeploy-nncf-") as tmp:
+        with contextlib.redirect_stdout(sys.stderr), scratch_dir("nncf") as tmp:
             if max_drop is None:
                 plain = quantized = nncf.quantize(model, calibration, **settings)
             else:
@@ -145,7 +145,7 @@ def quantize(model, batch: np.ndarray, validation: np.ndarray, max_drop: float |
                     model, calibration, nncf.Dataset(items, lambda item: item[0]), _validation_fn,
                     max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, **settings,
                     advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                        intermediate_model_dir=tmp, max_num_iterations=MAX_REVERTED_GROUPS,
+                        intermediate_model_dir=str(tmp), max_num_iterations=MAX_REVERTED_GROUPS,
                         ranking_subset_size=RANKING_SUBSET))
                 plain = _core().read_model(str(Path(tmp) / "intermediate_model.xml"))
     except DeployError:

@@ -28,7 +28,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ import numpy as np
 
 from ppdeploy import errors
 from ppdeploy.errors import ConversionError, DeployError, ModelNotFoundError, first_line, one_line
-from ppdeploy.fsutil import atomic_write_text, staging_dir
+from ppdeploy.fsutil import atomic_write_text, scratch_dir, staging_dir
 from ppdeploy.models.paddle_files import PREFIX
 from ppdeploy.models.synthetic import SYNTHETIC_RECIPE, synthesize_from_images
 from ppdeploy.models.weights import load_weights
@@ -260,7 +259,7 @@ def _export_in_child(spec: ModelSpec, directory: Path, *, weights: Path | None, 
         DeployError: the child's own error (same class and message), or ConversionError if it died otherwise.
     """
     env = {**os.environ, PIR_FLAG: "0" if fmt == "pdmodel" else "1"}
-    with tempfile.TemporaryDirectory(prefix="ppdeploy-export-") as scratch:
+    with scratch_dir("export") as scratch:  # a killed run's folder is swept by a later one
         spec_file = Path(scratch) / "spec.json"
         spec_file.write_text(json.dumps(dataclasses.asdict(spec)), encoding="utf-8")
         command = [sys.executable, "-m", "ppdeploy.models.export", spec.name, str(directory), "--fmt", fmt,
