@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 # Why the seed's phone runtime is not a backend (docs/edge.md); MNN and ncnn are the edge targets instead.
 PADDLE_LITE = ("Paddle Lite: not a target (its PyPI wheels stop at Python 3.7 and its opt tool reads legacy .pdmodel, "
                "not Paddle 3's inference.json); for phones and ARM boards use mnn or ncnn (docs/edge.md)")

@@ -288,7 +288,7 @@ def _acquire(fd: int, path: Path, timeout: float) -> None:
 
 def lock_holder(path: Path) -> str:
     """``pid N`` of the process that wrote ``path`` (a lock file), or ``another process``."""
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, IndexError):  # empty while its holder is writing it
         return f"pid {int(Path(path).read_text().split()[0])}"
     return "another process"
 

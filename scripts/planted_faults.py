@@ -27,7 +27,7 @@ def scaled_copy(artifact: Path, work: Path, pick, factor: float) -> Path:
     import onnx
     from onnx import numpy_helper
 
-    from ppdeploy.artifacts import artifact_model_file
+    from ppdeploy.artifacts import HASHES, artifact_model_file, file_hashes, load_manifest, write_manifest
 
     work.mkdir(parents=True, exist_ok=True)
     out = work / f"{artifact.name}-{factor:g}"
@@ -36,6 +36,9 @@ def scaled_copy(artifact: Path, work: Path, pick, factor: float) -> Path:
     tensor = pick(proto.graph)
     tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * np.float32(factor), tensor.name))
     onnx.save(proto, str(artifact_model_file(out)))
+    manifest = load_manifest(out)  # a converter that got one weight wrong records what it wrote
+    manifest.pop("manifest_version", None)
+    write_manifest(out, {**manifest, HASHES: file_hashes(out)})
     return out
 
 

@@ -8,6 +8,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 import pytest
+from artifact_edits import reseal
 
 from ppdeploy.artifacts import artifact_model_file
 from ppdeploy.converters.pipeline import convert_model, default_options
@@ -152,7 +153,7 @@ def _perturbed_onnx(checker, tmp_path, factor: float):
     weight = inits[convs[len(convs) // 2].input[1]]
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * np.float32(factor), weight.name))
     onnx.save(proto, str(artifact_model_file(bad)))
-    return bad
+    return reseal(bad)  # a converter that got one weight wrong
 
 
 def test_planted_fault_one_percent_on_a_middle_conv_fails_fp32(checker, tmp_path):
@@ -250,6 +251,7 @@ def test_planted_fault_int8_weight_scale_off_by_two_fails(int8_checker, tmp_path
     scale = inits[weight_dq[0].input[1]]
     scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(2.0), scale.name))
     onnx.save(proto, str(artifact_model_file(bad)))
+    reseal(bad)  # a quantizer that got one scale wrong
     with runtime_class("onnx")(bad) as runtime:
         result = int8_checker.check("onnx-int8 (stem weight scale x2)", runtime, PROFILES["int8"])
     assert result.status == "fail", (result.metrics, honest.metrics)

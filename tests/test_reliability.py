@@ -186,7 +186,7 @@ def test_named_gif_is_classified_and_named_text_file_refused(model_dir, tmp_path
 
 COULD_NOT_RUN = {
     "no model": ("/nonexistent/model | not a model folder", "or a zoo name such as ResNet50"),
-    "unknown backend": ("backend 'tflite' | unknown | choose one of: auto, paddle, onnx, onnx-fp16",),
+    "unknown backend": ("backend 'tflite' | unknown | choose one of: auto, paddle, ", "onnx-fp16", "mnn"),
     "tensorrt missing": ("backend 'trt-fp32' | package tensorrt is not installed | install it: pip install 'ppdeploy[gpu]'",),
     "no images path": ("does not exist | check the path",),
     "empty folder": ("holds no image files (jpg, jpeg, png, bmp, webp, tif, tiff)",),

@@ -107,9 +107,10 @@ def test_fp32_suite_covers_every_family_and_graph_kind():
 # Known fp32 gaps: a backend whose fp32 arithmetic misses the fp32 profile on a model, found by this suite and kept
 # visible (the profile is not loosened for it; docs/edge.md). A listed pair that fails warns instead of failing;
 # one that passes on another CPU is fine.
+_MNN_GAP = "MNN 3.6.1 fp32 errs 2-3x ONNX Runtime's on every model and crosses 6e-05 on some (docs/edge.md)"
 KNOWN_FP32_GAPS = {
-    ("ResNet50_vd", "mnn"): "MNN 3.6.1 fp32: max abs 6.6e-05 > 6e-05 on 120 judge photos (2-3x ONNX Runtime's error "
-                            "on every model; docs/edge.md)",
+    ("ResNet50_vd", "mnn"): _MNN_GAP + ": max abs 6.6e-05 on 120 judge photos",
+    ("ResNet50_vc", "mnn"): _MNN_GAP + ": max abs 1.1e-04 on 16 judge photos",
 }
 
 

@@ -20,6 +20,8 @@ def render_report(report: BenchReport) -> str:
                 _backend_table(report)]
     if report.throughput:
         sections.append(_throughput_table(report))
+    if report.ceiling is not None and report.model_gmacs:
+        sections.append(_ceiling_table(report))
     if report.e2e or report.anchor:
         sections.append(_e2e_table(report))
     if report.overhead:
@@ -130,6 +132,23 @@ def _throughput_table(report: BenchReport) -> str:
                      f"{row.images_per_s / latency:.2f}x" if math.isfinite(latency) else "-"])
     return ("Latency mode (one request at a time, every core on it) beside throughput mode (several requests in "
             f"flight, the cores shared; {report.settings.iters} batches streamed)\n\n" + _markdown(head, rows))
+
+
+def _ceiling_table(report: BenchReport) -> str:
+    head = ["Backend", "Batch", "Mode", "Parity", "img/s", "GMAC/s", "Ceiling", "Fraction of ceiling"]
+    rows = []
+    for row in report.results:
+        images_per_s, mode = report.best_images_per_s(row.backend, row.batch_size)
+        fields = report.ceiling_fields(row.backend, images_per_s)
+        if not fields.get("ceiling_fraction"):
+            continue
+        rows.append([row.backend, str(row.batch_size), mode, parity_mark(report.info(row.backend)),
+                     f"{images_per_s:.1f}", f"{images_per_s * report.model_gmacs:.0f}",
+                     f"{fields['ceiling_precision']} {fields['ceiling_gmacs_per_s']:.0f}",
+                     f"{fields['ceiling_fraction']:.1%}"])
+    return (f"Against this machine's measured ceiling ({report.model_gmacs:.2f} GMAC per image; each row in its "
+            "faster mode, judged by the ceiling of the precision it computes in)\n\n" + report.ceiling.render()
+            + "\n\n" + _markdown(head, rows))
 
 
 def _e2e_table(report: BenchReport) -> str:

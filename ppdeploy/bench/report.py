@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ppdeploy.bench.ceiling import ceiling_fraction
+
 REFERENCE = "paddle"
 ANCHOR = "paddle (PaddleClas serial loop)"
 # The issue's targets (docs/benchmarks.md).
@@ -21,6 +23,7 @@ TARGET_ANCHOR_RATIO = 4.0
 TARGET_WRAPPER_OVERHEAD = 0.02
 TARGET_CONVERSION_SECONDS = 15.0
 TARGET_THROUGHPUT_RATIO = 1.15  # issue 13: throughput mode over latency mode at batch 1
+TARGET_CEILING_FRACTION = 0.80  # issue 13: the fastest passing row against the int8 ceiling
 SWEEP_MIN_GAIN = 0.05  # a batch-size sweep stops when images/s grows by less than this
 
 
@@ -42,6 +45,8 @@ class BenchSettings:
         overhead_iters: timed calls of the wrapper and of the raw backend API each, at batch 1 (0: skip).
         throughput: also time each row in throughput mode (several requests in flight; ``Runtime``), beside
             latency mode, at every batch size.
+        ceiling: measure this machine's dense-compute ceiling per precision through the backends
+            (``ppdeploy.bench.ceiling``) and give each row its fraction of it (zoo models: their GMACs are known).
         fast_decode: the e2e pipelines decode large JPEGs at reduced size (``Classifier(fast_decode=True)``); the
             serial-loop anchor always decodes exactly, as PaddleClas does.
         only_passing: time only the rows that passed parity (and the reference).
@@ -63,6 +68,7 @@ class BenchSettings:
     settle_s: float = 0.3
     fast_decode: bool = False
     throughput: bool = True
+    ceiling: bool = True
     sweep: bool = False
     only_passing: bool = False
 
@@ -226,6 +232,8 @@ class BenchReport:
     images_dir: str | None = None
     throughput: list[ThroughputResult] = field(default_factory=list)
     stages: list[StageResult] = field(default_factory=list)
+    ceiling: Any = None  # CeilingReport, when measured
+    model_gmacs: float | None = None  # multiply-accumulates per image, for the ceiling fractions
     parity_report: Any = None  # the ParityReport behind the rows' verdicts (JSON/JUnit), when parity ran
 
     def result(self, backend: str, batch_size: int) -> BenchResult | None:
@@ -248,6 +256,13 @@ class BenchReport:
         streamed = self.streamed(e2e.backend, e2e.batch_size) if e2e.mode == "throughput" else None
         return streamed.images_per_s if streamed is not None else self.model_only(e2e.backend, e2e.batch_size)
 
+    def ceiling_fields(self, backend: str, images_per_s: float) -> dict[str, Any]:
+        """A row's compute precision, the ceiling that judges it and its fraction of it (empty when not measured)."""
+        if self.ceiling is None or not self.model_gmacs:
+            return {}
+        info = self.info(backend)
+        return self.ceiling.row_fields(self.model_gmacs, images_per_s, info.details if info else {})
+
     def streamed(self, backend: str, batch_size: int) -> ThroughputResult | None:
         return next((r for r in self.throughput if r.backend == backend and r.batch_size == batch_size), None)
 
@@ -264,13 +279,16 @@ class BenchReport:
         return evaluate_targets(self)
 
     def to_dict(self) -> dict[str, Any]:
-        results = [{**r.to_dict(), "speedup_vs_paddle": self.speedup(r.backend, r.batch_size)} for r in self.results]
+        results = [{**r.to_dict(), "speedup_vs_paddle": self.speedup(r.backend, r.batch_size),
+                    **self.ceiling_fields(r.backend, r.images_per_s)} for r in self.results]
+        streamed = [{**t.to_dict(), **self.ceiling_fields(t.backend, t.images_per_s)} for t in self.throughput]
         e2e = [{**e.to_dict(), "model_only_images_per_s": self.model_only_for(e)}
                for e in self.e2e]
         return {"model": self.model, "synthetic": self.synthetic, "settings": dataclasses.asdict(self.settings),
                 "machine": self.machine, "images_dir": self.images_dir,
                 "backends": [{**dataclasses.asdict(b), "parity_status": b.parity_status} for b in self.backends],
-                "results": results, "throughput": [t.to_dict() for t in self.throughput], "e2e": e2e,
+                "results": results, "throughput": streamed, "e2e": e2e, "model_gmacs": self.model_gmacs,
+                "ceiling": self.ceiling.to_dict() if self.ceiling is not None else None,
                 "stages": [st.to_dict() for st in self.stages], "anchor": [a.to_dict() for a in self.anchor],
                 "wrapper_overhead": [{**dataclasses.asdict(o), "fraction": o.fraction} for o in self.overhead],
                 "targets": self.targets()}
@@ -303,6 +321,7 @@ def evaluate_targets(report: BenchReport) -> list[dict[str, Any]]:
     targets = [_speedup_target(report, bs) for bs in (1, 8) if report.result(REFERENCE, bs)]
     targets += _e2e_targets(report)
     targets += _throughput_targets(report)
+    targets += _ceiling_targets(report)
     targets += [_target(f"Runtime wrapper overhead at batch 1 ({o.backend}, vs {o.raw_api})", o.fraction * 100,
                         f"<= {TARGET_WRAPPER_OVERHEAD:.0%}", o.fraction <= TARGET_WRAPPER_OVERHEAD, "{:+.2f} %")
                 for o in report.overhead]
@@ -351,6 +370,25 @@ def _throughput_targets(report: BenchReport) -> list[dict[str, Any]]:
     return [_target(f"throughput mode / latency mode, batch 1, fastest passing ({fastest}, {streamed.requests} in "
                     "flight)", ratio, f">= {TARGET_THROUGHPUT_RATIO:.2f}x", ratio >= TARGET_THROUGHPUT_RATIO,
                     "{:.2f}x")]
+
+
+def _ceiling_targets(report: BenchReport) -> list[dict[str, Any]]:
+    """The fastest parity-passing row (either mode, any batch size) as a fraction of the measured int8 ceiling."""
+    peak = report.ceiling.peak("int8") if report.ceiling is not None else None
+    if peak is None or not report.model_gmacs:
+        return []
+    passing = {b.label for b in report.backends if b.parity_status == "pass"}
+    cells = [(report.best_images_per_s(r.backend, r.batch_size), r.backend, r.batch_size)
+             for r in report.results if r.backend in passing]
+    cells = [(ips, label, bs, mode) for (ips, mode), label, bs in cells if math.isfinite(ips)]
+    if not cells:
+        return []
+    ips, label, batch_size, mode = max(cells)
+    fraction = ceiling_fraction(report.model_gmacs, ips, peak.gmacs_per_s)
+    return [_target(f"fastest passing row ({label}, batch {batch_size}, {mode} mode: {ips:.1f} img/s x "
+                    f"{report.model_gmacs:.2f} GMAC) / measured int8 ceiling ({peak.backend}, "
+                    f"{peak.gmacs_per_s:.0f} GMAC/s)", fraction * 100, f">= {TARGET_CEILING_FRACTION:.0%}",
+                    fraction >= TARGET_CEILING_FRACTION, "{:.1f} %")]
 
 
 def _e2e_targets(report: BenchReport) -> list[dict[str, Any]]:

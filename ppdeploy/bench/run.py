@@ -112,6 +112,8 @@ def run_bench(model: str | Path = "ResNet50", backends: str | Sequence[str] = "p
                 and not (settings.only_passing and report.info(v.label).parity_status not in ("pass", "reference"))]
     with _workers(runnable, artifacts, report, settings, str(model), synthetic, fmt, say) as workers:
         measure_model_only(workers, report, settings, _input_batch(resolved, max(settings.batch_sizes)), say)
+        if settings.ceiling:
+            measure_ceiling(resolved, runnable, report, settings, say)
         measure_overhead(workers, report, settings, say)
         if settings.e2e_passes:
             with corpus_folder(images) as (folder, described):
@@ -275,6 +277,23 @@ def measure_throughput(workers: dict[str, Worker], report: BenchReport, settings
         if answer:
             report.throughput.append(ThroughputResult(label, batch_size, answer["calls"], answer["seconds"],
                                                       answer["requests"]))
+
+
+def measure_ceiling(resolved: Any, variants: Sequence[Choice], report: BenchReport, settings: BenchSettings,
+                    say: Log) -> None:
+    """This machine's dense-compute ceiling per precision, through the benchmarked backends that can build the
+    probe (OpenVINO, ONNX Runtime), measured between the timed rounds (never during them); zoo models only."""
+    from ppdeploy.bench.ceiling import BACKENDS, measure_ceilings
+    from ppdeploy.models.macs import gmacs
+
+    if resolved.spec is None:
+        return
+    backends = [name for name in BACKENDS if any(v.backend == name for v in variants)]
+    if not backends:
+        return
+    say(f"ceiling: dense convolutions through {', '.join(backends)} in fp32 and int8 ...")
+    report.model_gmacs = gmacs(resolved.spec.name, resolved.spec.input_size)
+    report.ceiling = measure_ceilings(backends, threads=settings.threads)
 
 
 def _sweep_done(report: BenchReport, batch_size: int) -> bool:

@@ -98,7 +98,7 @@ def optimize(model: str | Path, *, synthetic: bool = False, fmt: str = "json", t
     cores = threads or os.cpu_count() or 1
     settings = BenchSettings(batch_sizes=sizes, threads=cores, warmup=2, iters=iters, rounds=min(3, iters),
                              parity_images=parity_images, overhead_iters=0, throughput=True, sweep=sweep,
-                             only_passing=True)
+                             only_passing=True, ceiling=False)
     report = run_bench(model, targets, settings, synthetic=synthetic, fmt=fmt, judge_images=images, log=say)
     found = candidates(report)
     chosen = choose(found, chosen_strategy)

@@ -35,7 +35,7 @@ def test_details_and_batch_size_changes_nothing(model, batch):
     """Specs, batches 1 and 8 against the numpy golden and wrong inputs are the contract's (tests/test_contract.py)."""
     with PaddleRuntime(model.directory, threads=1) as runtime:
         assert runtime.details == {"precision": "fp32", "device": "cpu", "format": model.fmt,
-                                   "onednn": "on", "threads": "1"}
+                                   "onednn": "on", "threads": "1", "mode": "latency"}
         probs = runtime.infer(batch)
         assert probs.shape == (4, 1000) and probs.dtype == np.float32
         np.testing.assert_array_equal(runtime.infer(batch[:1]), probs[:1])  # batch size may change per call
