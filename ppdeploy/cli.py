@@ -304,6 +304,12 @@ def parity(model: ModelArg = "ResNet50",
                                                         "120), or at most this many of --images.")] = None,
            strict: Annotated[bool, typer.Option("--strict", help="Fail a verdict whose judge images overlap the "
                                                 "images that shaped or calibrated what it judges.")] = False,
+           server: Annotated[Optional[str], typer.Option("--server", help="Judge a running server (deploy serve, "
+                                                         "or any KServe v2 server) through the Open Inference "
+                                                         "Protocol, e.g. http://127.0.0.1:8000.")] = None,
+           server_backend: Annotated[Optional[str], typer.Option("--server-backend", help="--server: the backend "
+                                                                 "it serves, if it does not say (not deploy "
+                                                                 "serve).")] = None,
            fast_decode: Annotated[bool, typer.Option("--fast-decode", help="Also judge --fast-decode: the reference "
                                                      "model on --images decoded at reduced size (int8 profile).")
                                   ] = False,
@@ -325,6 +331,8 @@ def parity(model: ModelArg = "ResNet50",
 
       deploy parity ResNet50 --artifact model_from_elsewhere.onnx
 
+      deploy parity ResNet50 --synthetic --server http://127.0.0.1:8000
+
     Exit 0: every verdict passed; 4: a verdict failed; 1: a backend could not be checked (or a requested one was
     skipped).
     """
@@ -335,10 +343,11 @@ def parity(model: ModelArg = "ResNet50",
 
     changes = {k: v for k, v in (("max_abs", atol), ("max_tv", max_tv), ("min_top1", min_top1)) if v is not None}
     overrides = {name: dataclasses.replace(p, **changes) for name, p in parity_mod.PROFILES.items()} if changes else None
-    report = parity_mod.parity(model, backends if backends is not None else ("" if artifact else "all"),
+    report = parity_mod.parity(model, backends if backends is not None else ("" if artifact or server else "all"),
                                synthetic=synthetic, fmt=fmt, images=images, count=count, batch_size=batch_size,
                                threads=threads, overrides=overrides, strict=strict, artifact=artifact,
-                               profile=profile, fast_decode=fast_decode, log=_progress)
+                               profile=profile, fast_decode=fast_decode, server=server,
+                               server_backend=server_backend, log=_progress)
     typer.echo(report.render())
     if json_file:
         atomic_write_text(json_file, report.to_json())

@@ -401,6 +401,16 @@ class ParityChecker:
                                                       f"{self.preprocess.resize_short})"}
         return result
 
+    def check_server(self, url: str, *, backend: str | None = None,
+                     profiles: dict[str, Profile] | None = None) -> BackendResult:
+        """Judge a running server (Open Inference Protocol): the reference batches go through ``POST
+        /v2/models/M/infer`` as FP32 tensors; the answers are judged by the profile of the backend it serves."""
+        from ppdeploy.serving.remote import RemoteRuntime
+
+        with RemoteRuntime(url, backend=backend) as remote:
+            profile = profile_for(remote.backend, profiles or PROFILES)
+            return self.check(f"server {remote.backend} @ {url}", remote, profile)
+
     def check_artifact(self, path: str | Path, *, profile: Profile | None = None) -> BackendResult:
         """Judge a model file made by any tool (ONNX, OpenVINO IR, TensorRT engine), no manifest needed.
 
@@ -462,7 +472,7 @@ def parity(model: str | Path = "ResNet50", backends: str | Sequence[str] = "all"
            fmt: str = "json", images: str | Path | None = None, count: int | None = None, batch_size: int = 8,
            threads: int | None = None, overrides: dict[str, Profile] | None = None, strict: bool = False,
            artifact: str | Path | None = None, profile: str | None = None, fast_decode: bool = False,
-           log: Log | None = None) -> ParityReport:
+           server: str | None = None, server_backend: str | None = None, log: Log | None = None) -> ParityReport:
     """Check ``backends`` of ``model`` against Paddle Inference and return the report.
 
     Args:
@@ -480,6 +490,8 @@ def parity(model: str | Path = "ResNet50", backends: str | Sequence[str] = "all"
             ``backends`` names others too.
         profile: judge ``artifact`` by this profile instead of the one its arithmetic calls for.
         fast_decode: add a row for ``--fast-decode`` (reduced-size JPEG decoding) on the reference model.
+        server: judge a running server at this URL through the Open Inference Protocol (``server_backend``: the
+            backend it serves, when it is not ``deploy serve``, which says so itself).
         log: progress lines.
     """
     from ppdeploy.models.resolve import resolve_model
@@ -511,6 +523,11 @@ def parity(model: str | Path = "ResNet50", backends: str | Sequence[str] = "all"
         if log:
             log(f"parity: {name} ...")
         results.append(checker.check_backend(name, profile=profile_for(name, profiles), log=log))
+    if server:
+        if log:
+            log(f"parity: the server at {server} ...")
+        results.append(checker.check_server(server, backend=server_backend, profiles=profiles))
+        requested = [results[-1].backend, *requested]
     if fast_decode:
         if log:
             log(f"parity: {FAST_DECODE} ...")
