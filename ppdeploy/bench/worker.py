@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -90,7 +92,13 @@ class Worker:
 
 
 def worker_main(conn: Any, spec: WorkerSpec) -> None:
-    """Child process entry point: load the runtime (timed), then answer commands until ``stop``."""
+    """Child process entry point: load the runtime (timed), then answer commands until ``stop``.
+
+    The child talks over the pipe only: its stdout goes to stderr, so what a backend library prints on load (MNN's
+    banner) never lands in the parent's report on stdout.
+    """
+    sys.stdout.flush()
+    os.dup2(2, 1)
     state = _ChildState(spec)
     try:
         conn.send(("ok", state.load()))
