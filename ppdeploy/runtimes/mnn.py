@@ -1,12 +1,11 @@
-"""MNN backend (Alibaba's on-device runtime): runs ``mnn``, ``mnn-fp16`` and ``mnn-int8`` artifacts on the CPU.
+"""MNN backend (Alibaba's on-device runtime): runs ``mnn`` and ``mnn-fp16`` artifacts on the CPU.
 
 What it computes in. The module is loaded with ``PrecisionMode.High``, MNN's "always fp32" setting: with
 ``Normal``/``Low`` an ARMv8.2 phone computes in fp16 and a CPU with bf16 support in bf16, which would be a silent
 change of precision. An fp16 artifact holds fp16 convolution weights (``mnnconvert --fp16``) that MNN widens to
 fp32 at load, so it computes in fp32 (``details["inference_precision"] == "f32"``). Measured on this project's
 x86 machine (no native fp16): High, Normal, Low and Low_BF16 gave bit-identical outputs for fp32 and fp16
-artifacts, which is what MNN's own line ``The device supports: ... fp16:0`` says (``deploy doctor`` shows it). An
-int8 artifact (``mnnquant``) runs its convolutions in int8 and the layers left unquantized in fp32.
+artifacts, which is what MNN's own line ``The device supports: ... fp16:0`` says (``deploy doctor`` shows it).
 
 MNN prints that line to the process's stdout (C ``printf``) the first time it is imported; the import is done with
 stdout pointed at stderr so that ``deploy run --json`` keeps a clean stdout.
