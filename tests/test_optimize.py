@@ -109,6 +109,19 @@ def test_throughput_mode_gives_the_same_outputs_in_order(tiny_model, backend, ph
     np.testing.assert_allclose(again, expected[1], atol=1e-5)
 
 
+def test_paddle_throughput_mode_keeps_one_request_on_every_core(tiny_model):
+    """predictor.run holds the GIL: two Paddle lanes take turns (half speed measured), so Paddle's own choice in
+    throughput mode is one request with every core; asking for more still gets more."""
+    from ppdeploy.registry import resolve
+
+    choice = resolve("paddle", "cpu")
+    with choice.runtime(tiny_model("json").directory, threads=2, mode="throughput") as runtime:
+        assert runtime.requests == 1 and runtime.details["threads"] == "2"
+        assert runtime.details["mode"] == "throughput (1 in flight)"
+    with choice.runtime(tiny_model("json").directory, threads=2, mode="throughput", requests=2) as runtime:
+        assert runtime.requests == 2 and runtime.details["threads"] == "1"
+
+
 def test_server_in_throughput_mode_shares_one_runtime_and_answers_right(tiny_model, photos):
     from concurrent.futures import ThreadPoolExecutor
 
