@@ -113,6 +113,10 @@ class Classifier:
         self._check_available()
         self.artifact_dir = self.decision.artifact_dir
         say(f"package {folder}: {self.decision.describe()}")
+        if self.decision.data.get("model", {}).get("synthetic"):
+            from ppdeploy.models.resolve import warn_synthetic
+
+            warn_synthetic()  # the package's weights are the seeded synthetic ones: so are its predictions
         self._warn_if_elsewhere(folder)
 
     def _auto(self, device: str, say: Log) -> None:

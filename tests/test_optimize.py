@@ -195,7 +195,7 @@ def test_package_round_trips_through_classifier_and_run(package, tiny_model, pho
                            str(folder), "--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["class_ids"] for line in done.stdout.splitlines()] == [r["class_ids"] for r in direct]
-    assert f"package {out}" in done.stderr
+    assert f"package {out}" in done.stderr and "meaningless" not in done.stderr  # real (trained-like) weights
 
 
 def test_package_from_another_machine_says_so(package, tmp_path):
@@ -208,10 +208,12 @@ def test_package_from_another_machine_says_so(package, tmp_path):
     shutil.copytree(out, moved)
     decision = json.loads((moved / "decision.json").read_text())
     decision["machine"]["cpu"] = "Some Other CPU"
+    decision["model"]["synthetic"] = True  # as 'deploy optimize ResNet50 --synthetic' records it
     (moved / "decision.json").write_text(json.dumps(decision))
     done = subprocess.run([sys.executable, "-m", "ppdeploy.cli", "run", "--model", str(moved), "--images",
                            str(Path(__file__)), "--json"], capture_output=True, text=True, timeout=300)
     assert "another machine" in done.stderr and "deploy optimize" in done.stderr
+    assert "predictions are meaningless" in done.stderr  # a package of synthetic weights says so when used
     with Classifier(moved) as clf:  # it still runs: the user decides whether to re-run the decision
         assert clf.decision.mismatch()
 
