@@ -112,8 +112,11 @@ class ServedModel:
                                        f"of shape {spec.shape}", "pass the model's own preprocessing"))
 
     def precision(self) -> str:
-        details = self.runtime.details
-        return details.get("inference_precision") or details.get("precision", "unknown")
+        """What the runtime computes in: ``fp32``, ``int8 (f32 for unquantized layers)``, ``fp32 weights, bf16
+        compute`` (an int8 model once reported only its unquantized layers' ``f32``)."""
+        from ppdeploy.runtimes.base import runs_as
+
+        return runs_as(self.runtime.details)
 
 
 # Builds the app's batcher from its runtimes; anything with DynamicBatcher's start/stop/infer/arriving/depth/running.
