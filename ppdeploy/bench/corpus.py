@@ -23,7 +23,9 @@ import numpy as np
 from ppdeploy.errors import DeployError, one_line
 
 CORPORA = {"imagenet": ((500, 375), 90, 0.0), "phone": ((4032, 3024), 92, 3.0)}  # size, JPEG quality, noise sigma
-DEFAULT_COUNT = {"imagenet": 64, "phone": 16}
+# Enough batches that filling and draining the pipeline do not dominate a pass (16 phone photos at batch 8 measured
+# 4.87x the serial loop, 64 of them 5.79x: docs/benchmarks.md).
+DEFAULT_COUNT = {"imagenet": 256, "phone": 48}
 
 
 def corpus_names() -> tuple[str, ...]:
