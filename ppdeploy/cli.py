@@ -568,6 +568,9 @@ def serve(model: ModelArg,
           max_connections: Annotated[int, typer.Option("--max-connections", min=1, help="Open connections (one "
                                                        "more: 503 and close).")] = 256,
           topk: Annotated[int, typer.Option("--topk", min=1, help="Default classes per image.")] = 5,
+          grpc_port: Annotated[Optional[int], typer.Option("--grpc-port", min=0, max=65535, help="Also serve the "
+                                                           "Open Inference Protocol over gRPC on this port (0: any "
+                                                           "free port; --engine local only).")] = None,
           device: Annotated[str, typer.Option("--device", help="cpu or gpu.")] = "cpu",
           threads: Annotated[Optional[int], typer.Option("--threads", help="Inference threads per worker.")] = None,
           mode: ModeOpt = "latency",
@@ -596,9 +599,15 @@ def serve(model: ModelArg,
                              max_queue=max_queue, max_request_bytes=max_request_bytes, max_images=max_images,
                              max_pixels=max_pixels, request_timeout_s=request_timeout, topk=topk,
                              max_request_pixels=max_request_pixels, header_timeout_s=header_timeout,
-                             max_connections=max_connections)
+                             max_connections=max_connections, grpc_port=grpc_port)
     if engine == "ray":
         from ppdeploy.scaleout.cluster import ModelConfig, require_ray
+
+        if grpc_port is not None:
+            from ppdeploy.errors import one_line
+
+            raise DeployError(one_line("--grpc-port", "is served by --engine local only",
+                                       "drop --grpc-port, or use --engine local"))
 
         require_ray("serve")
         from ppdeploy.scaleout.ray_serve import serve_until_stopped
@@ -609,12 +618,21 @@ def serve(model: ModelArg,
         return
     from ppdeploy.registry import require
 
-    require("deploy serve", ("fastapi", "uvicorn", "prometheus_client", "multipart"), "serve")
+    require("deploy serve", ("fastapi", "uvicorn", "prometheus_client", "multipart",
+                             *(("grpc", "tritonclient") if grpc_port is not None else ())), "serve")
     from ppdeploy.classifier import Classifier
     from ppdeploy.serving.server import bind_socket
     from ppdeploy.serving.server import serve as run_server
 
     sock = bind_socket(host, port)  # a busy port fails before the model loads
+    if grpc_port:  # so does a busy gRPC port (probed here; grpc binds its own socket once the app starts)
+        try:
+            bind_socket(host, grpc_port).close()
+        except DeployError as exc:
+            sock.close()
+            raise DeployError(str(exc).replace("--port", "--grpc-port")) from None
+    if grpc_port is not None:
+        _progress(f"gRPC (Open Inference Protocol, inference.GRPCInferenceService) on {host}:{grpc_port or 'any'}")
     try:
         with Classifier(model, backend, synthetic=synthetic, fmt=fmt, device=device, threads=threads,
                         batch_size=max_batch, topk=topk, mode=mode, log=_progress) as clf:

@@ -19,7 +19,8 @@ with the status below, and the server keeps serving:
   server is starting or shutting down.
 
 The Open Inference Protocol (KServe v2) endpoints are added by :mod:`ppdeploy.serving.v2`, on the same batcher,
-limits and metrics; the pieces both share are in :mod:`ppdeploy.serving.handling`.
+limits and metrics; the pieces both share are in :mod:`ppdeploy.serving.handling`. With ``grpc_port`` set, the
+lifespan also serves that protocol over gRPC (:mod:`ppdeploy.serving.grpc_v2`) in the same event loop.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' signatures at run time, and they
@@ -139,6 +140,8 @@ class _State:
     decode_pool: FairDecodePool | None = None
     runtimes: list[Runtime] = field(default_factory=list)
     draining: bool = False
+    grpc_server: Any = None  # grpc.aio server, when settings.grpc_port is set
+    grpc_port: int | None = None  # the port it bound
 
     @property
     def ready(self) -> bool:
@@ -167,11 +170,18 @@ def create_app(source: Any, settings: ServeSettings | None = None, *, preprocess
     state = _State(settings, model, ServeMetrics(settings.max_batch), batcher_factory)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _start(state)
         try:
+            if settings.grpc_port is not None:  # the same protocol over gRPC, in this event loop
+                from ppdeploy.serving.grpc_v2 import start_grpc
+
+                state.grpc_server, state.grpc_port = await start_grpc(state, app.version)
             yield
         finally:
+            if state.grpc_server is not None:
+                state.draining = True
+                await state.grpc_server.stop(settings.shutdown_timeout_s)
             await _stop(state)
 
     app = FastAPI(title="ppdeploy", version=_version(), lifespan=lifespan,

@@ -4,10 +4,12 @@ Run against a server already started::
 
     python -m ppdeploy.serving.loadtest --url http://127.0.0.1:8000 --requests 200 --concurrency 1,8,32
     python -m ppdeploy.serving.loadtest --protocol v2 ...   # the same through the Open Inference Protocol
+    python -m ppdeploy.serving.loadtest --protocol grpc --grpc-address 127.0.0.1:8001 ...   # ... over gRPC
 
 Each request posts one JPEG (your ``--image`` files, or sample photos): as a raw body to ``/v1/classify``, or with
 ``--protocol v2`` as a BYTES input in Triton's binary tensor data format to ``/v2/models/{model}/infer``, asking
-for the ``topk_ids`` and ``topk_scores`` outputs (JSON and binary). Every answer is checked
+for the ``topk_ids`` and ``topk_scores`` outputs (JSON and binary), or with ``--protocol grpc`` the same input
+and outputs in a gRPC ``ModelInfer`` (``deploy serve --grpc-port``). Every answer is checked
 against the answer the same image got when sent alone before the run, and the server's ``/metrics`` are read
 before and after each level to report the batch sizes it really formed. Prints a Markdown table.
 """
@@ -51,18 +53,34 @@ def sample_jpegs(count: int = 8) -> list[bytes]:
 
 
 class _Protocol:
-    """How one image is sent and its answer read: ``v1`` (``/v1/classify``) or ``v2`` (Open Inference Protocol)."""
+    """How one image is sent and its answer read: ``v1`` (``/v1/classify``), ``v2`` (Open Inference Protocol) or
+    ``grpc`` (the same protocol over gRPC, at ``grpc_address``)."""
 
-    def __init__(self, name: str, model: str, topk: int) -> None:
-        if name not in ("v1", "v2"):
-            raise ValueError(f"protocol {name!r}: use v1 or v2")
+    def __init__(self, name: str, model: str, topk: int, grpc_address: str | None = None) -> None:
+        if name not in ("v1", "v2", "grpc"):
+            raise ValueError(f"protocol {name!r}: use v1, v2 or grpc")
+        if name == "grpc" and not grpc_address:
+            raise ValueError("protocol grpc: give the server's gRPC address (HOST:PORT)")
         self.name, self.model, self.topk = name, model, topk
+        self.channel = self.stub = None
+        if name == "grpc":
+            import grpc
+            from tritonclient.grpc import service_pb2_grpc
+
+            self.channel = grpc.aio.insecure_channel(grpc_address)
+            self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
 
     async def classify(self, client, image: bytes) -> tuple[int, list | None]:
         """(HTTP status, the answer's class ids and 5-decimal scores) for one image."""
         if self.name == "v1":
             answer = await client.post("/v1/classify", content=image, params={"topk": self.topk})
             return answer.status_code, _scores(answer.json()) if answer.status_code == 200 else None
+        if self.name == "grpc":
+            return await self._classify_grpc(image)
         from ppdeploy.serving.tensors import HEADER_LENGTH, Tensor, decode_tensors, encode_tensors
 
         header = {"parameters": {"topk": self.topk},
@@ -75,8 +93,32 @@ class _Protocol:
             return answer.status_code, None
         length = answer.headers.get(HEADER_LENGTH)
         _, outputs = decode_tensors(answer.content, int(length) if length else None)
-        scores = np.round(outputs["topk_scores"].astype(np.float64), 5)
-        return 200, [(ids.tolist(), row.tolist()) for ids, row in zip(outputs["topk_ids"], scores)]
+        return 200, _ranked(outputs)
+
+    async def _classify_grpc(self, image: bytes) -> tuple[int, list | None]:
+        import grpc
+        from tritonclient.grpc import service_pb2 as pb
+
+        from ppdeploy.serving.grpc_v2 import CODES
+        from ppdeploy.serving.tensors import from_binary, serialize_bytes
+
+        request = pb.ModelInferRequest(
+            model_name=self.model, raw_input_contents=[serialize_bytes([image])],
+            inputs=[pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in ("topk_ids", "topk_scores")])
+        request.parameters["topk"].int64_param = self.topk
+        try:
+            answer = await self.stub.ModelInfer(request)
+        except grpc.aio.AioRpcError as exc:  # reported as the HTTP status the server refused with
+            return next((status for status, code in CODES.items() if code == exc.code()), 500), None
+        return 200, _ranked({out.name: from_binary(out.name, out.datatype, list(out.shape), raw)
+                             for out, raw in zip(answer.outputs, answer.raw_output_contents)})
+
+
+def _ranked(outputs: dict[str, np.ndarray]) -> list:
+    """(class ids, 5-decimal scores) per row of Open Inference Protocol ``topk_ids`` and ``topk_scores``."""
+    scores = np.round(outputs["topk_scores"].astype(np.float64), 5)
+    return [(ids.tolist(), row.tolist()) for ids, row in zip(outputs["topk_ids"], scores)]
 
 
 async def run_level(client, images: list[bytes], expected: list[list], concurrency: int, requests: int,
@@ -126,26 +168,31 @@ async def _batch_totals(client) -> tuple[float, float]:
 
 
 async def load_test(url: str, images: list[bytes], levels: list[int], requests: int, topk: int = 5,
-                    warmup: int = 10, protocol: str = "v1") -> tuple[dict, list[LevelResult]]:
+                    warmup: int = 10, protocol: str = "v1", grpc_address: str | None = None
+                    ) -> tuple[dict, list[LevelResult]]:
     """Warm up, take each image's answer alone, then run every level. Returns ``/readyz`` and the results.
 
-    ``protocol``: ``v1`` (``/v1/classify``) or ``v2`` (the Open Inference Protocol's ``infer``).
+    ``protocol``: ``v1`` (``/v1/classify``), ``v2`` (the Open Inference Protocol's ``infer``) or ``grpc`` (its
+    ``ModelInfer`` at ``grpc_address``, ``HOST:PORT``; ``/readyz`` and ``/metrics`` are still read at ``url``).
     """
     import httpx
 
     limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
         ready = (await client.get("/readyz")).json()
-        sender = _Protocol(protocol, ready.get("model", ""), topk)
-        expected = []
-        for data in images:
-            status, answer = await sender.classify(client, data)
-            if status != 200:
-                raise RuntimeError(f"{url}: an image alone got HTTP {status}")
-            expected.append(answer)
-        for index in range(warmup):
-            await sender.classify(client, images[index % len(images)])
-        results = [await run_level(client, images, expected, level, requests, sender) for level in levels]
+        sender = _Protocol(protocol, ready.get("model", ""), topk, grpc_address)
+        try:
+            expected = []
+            for data in images:
+                status, answer = await sender.classify(client, data)
+                if status != 200:
+                    raise RuntimeError(f"{url}: an image alone got HTTP {status}")
+                expected.append(answer)
+            for index in range(warmup):
+                await sender.classify(client, images[index % len(images)])
+            results = [await run_level(client, images, expected, level, requests, sender) for level in levels]
+        finally:
+            await sender.close()
     ready["protocol"] = protocol
     return ready, results
 
@@ -171,13 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,32", help="comma list of levels")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--protocol", choices=("v1", "v2"), default="v1", help="v1: POST /v1/classify; v2: the "
-                        "Open Inference Protocol (BYTES input, binary tensor data)")
+    parser.add_argument("--protocol", choices=("v1", "v2", "grpc"), default="v1", help="v1: POST /v1/classify; "
+                        "v2: the Open Inference Protocol (BYTES input, binary tensor data); grpc: the same over gRPC")
+    parser.add_argument("--grpc-address", help="--protocol grpc: the server's gRPC HOST:PORT (deploy serve "
+                        "--grpc-port)")
     args = parser.parse_args(argv)
     images = [path.read_bytes() for path in args.image] if args.image else sample_jpegs()
     levels = [int(level) for level in args.concurrency.split(",") if level.strip()]
     ready, results = asyncio.run(load_test(args.url, images, levels, args.requests, args.topk, args.warmup,
-                                           args.protocol))
+                                           args.protocol, args.grpc_address))
     print(render(ready, results))
     return 1 if any(r.failed or r.mismatched for r in results) else 0
 

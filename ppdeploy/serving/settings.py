@@ -35,6 +35,8 @@ class ServeSettings:
         retry_after_s: the ``Retry-After`` value sent with 503.
         decode_threads: threads decoding and preprocessing uploads, beside the inference threads.
         shutdown_timeout_s: on SIGINT/SIGTERM, how long in-flight requests may take to finish.
+        grpc_port: also serve the Open Inference Protocol over gRPC on this port of ``host`` (0: any free port,
+            ``app.state.serving.grpc_port`` says which); ``None``: no gRPC.
     """
 
     host: str = "127.0.0.1"
@@ -56,6 +58,7 @@ class ServeSettings:
     retry_after_s: int = 1
     decode_threads: int = 2
     shutdown_timeout_s: float = 30.0
+    grpc_port: int | None = None
 
     def __post_init__(self) -> None:
         positive = ("max_batch", "workers", "max_queue", "max_request_bytes", "max_images", "topk", "max_topk",
@@ -73,6 +76,12 @@ class ServeSettings:
                                        "pass 0 (no waiting) or more"))
         if not 0 <= self.port <= 65535:
             raise DeployError(one_line(f"serve setting port={self.port}", "is not a TCP port", "use 0-65535"))
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise DeployError(one_line(f"serve setting grpc_port={self.grpc_port}", "is not a TCP port",
+                                       "use 0-65535"))
+        if self.grpc_port is not None and self.grpc_port == self.port != 0:
+            raise DeployError(one_line(f"serve setting grpc_port={self.grpc_port}", "is the HTTP port",
+                                       "use another port for gRPC"))
         if self.topk > self.max_topk:
             raise DeployError(one_line(f"serve setting topk={self.topk}", f"is above max_topk={self.max_topk}",
                                        "lower topk or raise max_topk"))

@@ -137,13 +137,14 @@ def _parse_input(spec: Any, index: int, raw: memoryview) -> tuple[Tensor, int]:
         if not isinstance(size, int) or size < 0 or size > len(raw):
             raise TensorError(f"input '{name}': binary_data_size {size!r} does not fit the {len(raw)} bytes left "
                               "in the body")
-        return Tensor(name, datatype, _from_binary(name, datatype, shape, raw[:size]), parameters), size
+        return Tensor(name, datatype, from_binary(name, datatype, shape, raw[:size]), parameters), size
     if "data" not in spec:
         raise TensorError(f"input '{name}': no 'data' and no binary_data_size")
     return Tensor(name, datatype, _from_json(name, datatype, shape, spec["data"]), parameters), 0
 
 
-def _from_binary(name: str, datatype: str, shape: list[int], raw: memoryview) -> np.ndarray:
+def from_binary(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
+    """A tensor from its raw bytes (little-endian, row-major; BYTES length-prefixed), checked against its shape."""
     count = math.prod(shape)
     if datatype == "BYTES":
         return _array_of_bytes(deserialize_bytes(raw, name), count, shape, name)
@@ -154,22 +155,30 @@ def _from_binary(name: str, datatype: str, shape: list[int], raw: memoryview) ->
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
+def from_values(name: str, datatype: str, shape: list[int], values: Any) -> np.ndarray:
+    """A tensor from already typed values (gRPC's ``*_contents``: numbers, or bytes for BYTES), checked against its
+    shape."""
     count = math.prod(shape)
+    if datatype == "BYTES":
+        return _array_of_bytes(list(values), count, shape, name)
+    if len(values) != count:
+        raise TensorError(f"input '{name}': shape {shape} holds {count} elements, the data has {len(values)}")
+    try:
+        return np.asarray(values, dtype=DATATYPES[datatype]).reshape(shape)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TensorError(f"input '{name}': the data does not fit {datatype} ({exc})") from None
+
+
+def _from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
     flat = _flatten(data)
     if datatype == "BYTES":
         if not all(isinstance(item, str) for item in flat):
             raise TensorError(f"input '{name}': BYTES data in JSON must be strings (send binary data, such as "
                               "encoded images, with the binary tensor data extension)")
-        return _array_of_bytes([item.encode() for item in flat], count, shape, name)
-    if len(flat) != count:
-        raise TensorError(f"input '{name}': shape {shape} holds {count} elements, 'data' has {len(flat)}")
+        return from_values(name, datatype, shape, [item.encode() for item in flat])
     if any(isinstance(item, (str, dict, list)) or item is None for item in flat):
         raise TensorError(f"input '{name}': 'data' of a {datatype} tensor must hold numbers")
-    try:
-        return np.asarray(flat, dtype=DATATYPES[datatype]).reshape(shape)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TensorError(f"input '{name}': 'data' does not fit {datatype} ({exc})") from None
+    return from_values(name, datatype, shape, flat)
 
 
 def _flatten(data: Any) -> list[Any]:
@@ -240,7 +249,7 @@ def encode_tensors(header: dict[str, Any], key: str, tensors: list[Tensor],
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
         parameters = dict(tensor.parameters)
         if tensor.name in binary:
-            chunk = _to_binary(tensor)
+            chunk = to_binary(tensor)
             parameters["binary_data_size"] = len(chunk)
             chunks.append(chunk)
         else:
@@ -254,7 +263,7 @@ def encode_tensors(header: dict[str, Any], key: str, tensors: list[Tensor],
     return b"".join([text, *chunks]), len(text)
 
 
-def _to_binary(tensor: Tensor) -> bytes:
+def to_binary(tensor: Tensor) -> bytes:
     if tensor.datatype == "BYTES":
         return serialize_bytes(tensor.data)
     return np.ascontiguousarray(tensor.data, dtype=DATATYPES[tensor.datatype]).tobytes()
@@ -280,6 +289,6 @@ def decode_tensors(body: bytes, header_length: int | None, key: str = "outputs")
             tensors[spec["name"]] = _from_json(spec["name"], spec["datatype"], spec["shape"], spec["data"])
         else:
             chunk = raw[offset:offset + size]
-            tensors[spec["name"]] = _from_binary(spec["name"], spec["datatype"], spec["shape"], chunk)
+            tensors[spec["name"]] = from_binary(spec["name"], spec["datatype"], spec["shape"], chunk)
             offset += size
     return header, tensors

@@ -24,10 +24,14 @@ The images of a request go through the same decode pool, pixel budget, dynamic b
 ``/v1/classify``. Refusals are ``{"error": "..."}`` with the status of ``/v1``: 400 malformed (bad JSON, unknown
 input or output, wrong datatype or shape, data that does not add up, an image that cannot be decoded), 404
 unknown model or version, 408, 413, 503 + ``Retry-After``, 500.
+
+The same protocol over gRPC (``deploy serve --grpc-port``) is :mod:`ppdeploy.serving.grpc_v2`, on the same
+:class:`ModelInterface` (:meth:`ModelInterface.infer` runs a parsed request whichever the transport).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' signatures at run time.
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +81,7 @@ class ModelInterface:
     """The served model as the protocol describes it: names, datatypes and shapes of its inputs and outputs."""
 
     def __init__(self, state: Any) -> None:
+        self.state = state
         runtime = state.model.runtime
         self.name = state.model.name
         self.platform = f"ppdeploy_{state.model.backend}"
@@ -160,6 +165,27 @@ class ModelInterface:
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= self.max_topk:
             raise _bad(f"parameter {what}={value!r} | out of range | use an integer from 1 to {self.max_topk}")
         return value
+
+    async def infer(self, parse: Callable[[], Awaitable[InferRequest]]) -> tuple[_Plan, list[Tensor]]:
+        """Run one request whichever the transport: ``parse()`` receives and parses it (a :class:`TensorError`
+        becomes 400), then :meth:`plan`, the batcher (:func:`infer_rows`) and :meth:`answer`."""
+        state = self.state
+
+        async def read() -> _Plan:
+            try:
+                parsed = await parse()
+            except TensorError as exc:
+                raise _bad(f"request | {exc}") from None
+            return self.plan(parsed, state.settings)
+
+        async def prepare(plan: _Plan) -> list[np.ndarray]:
+            if plan.images is not None:
+                return await preprocess_uploads(plan.images, state)
+            return list(plan.tensor)
+
+        plan, rows = await infer_rows(state, read, prepare)
+        state.metrics.images.inc(len(rows))
+        return plan, self.answer(plan, np.stack(rows))
 
     def answer(self, plan: _Plan, probs: np.ndarray) -> list[Tensor]:
         """The requested outputs, in the order asked."""
@@ -265,26 +291,15 @@ async def _infer(request: Request, state: Any, interface: ModelInterface, name: 
     interface.check_model(name, version)
     header_length = _header_length(request)
 
-    async def read() -> _Plan:
+    async def parse() -> InferRequest:
         body = await read_body(request, state.settings)
-        try:
-            parsed = await asyncio.to_thread(parse_infer_request, body, header_length)
-        except TensorError as exc:
-            raise _bad(f"request | {exc}") from None
-        return interface.plan(parsed, state.settings)
+        return await asyncio.to_thread(parse_infer_request, body, header_length)
 
-    async def prepare(plan: _Plan) -> list[np.ndarray]:
-        if plan.images is not None:
-            return await preprocess_uploads(plan.images, state)
-        return list(plan.tensor)
-
-    plan, rows = await infer_rows(state, read, prepare)
-    state.metrics.images.inc(len(rows))
+    plan, outputs = await interface.infer(parse)
     header = {"model_name": interface.name, "model_version": VERSION}
     if plan.request.id is not None:
         header["id"] = plan.request.id
-    body, json_length = encode_tensors(header, "outputs", interface.answer(plan, np.stack(rows)), plan.binary)
+    body, json_length = encode_tensors(header, "outputs", outputs, plan.binary)
     if json_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)})
-
