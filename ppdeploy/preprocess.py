@@ -322,18 +322,21 @@ def normalize(img: np.ndarray, mean: Sequence[float], std: Sequence[float], scal
 def normalized_chw(img: np.ndarray, mean: Sequence[float], std: Sequence[float], scale: float) -> np.ndarray:
     """``to_chw(normalize(img, ...))`` for a ``uint8`` image in one pass: a uint8 pixel has 256 possible values, so
     each channel's normalisation is a 256-entry table computed with :func:`normalize`'s own float32 operations
-    (bit-identical results), and the lookup writes channels-first directly. About 2.5x faster."""
-    table = _normalize_table(tuple(mean), tuple(std), float(scale))
+    (bit-identical results), and OpenCV's ``LUT`` writes each channel's plane straight into the channels-first
+    output. 0.05 ms for a 224x224 crop, against 0.14-0.84 ms with ``np.take`` (erratic) and ~0.35 ms for
+    :func:`normalize` + :func:`to_chw`."""
+    columns = _normalize_columns(tuple(mean), tuple(std), float(scale))
     out = np.empty((3, *img.shape[:2]), dtype=np.float32)
-    for channel in range(3):
-        np.take(table[:, channel], img[:, :, channel], out=out[channel])
+    for channel, plane in enumerate(cv2.split(img)):
+        cv2.LUT(plane, columns[channel], dst=out[channel])
     return out
 
 
 @functools.lru_cache(maxsize=16)
-def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...], scale: float) -> np.ndarray:
-    return normalize(np.arange(256, dtype=np.uint8).reshape(256, 1, 1).repeat(3, axis=2), mean, std,
-                     scale).reshape(256, 3)
+def _normalize_columns(mean: tuple[float, ...], std: tuple[float, ...], scale: float) -> tuple[np.ndarray, ...]:
+    """Each channel's 256-entry table: :func:`normalize` of every uint8 value."""
+    table = normalize(np.arange(256, dtype=np.uint8).reshape(256, 1, 1).repeat(3, axis=2), mean, std, scale)
+    return tuple(np.ascontiguousarray(table[:, 0, channel]) for channel in range(3))
 
 
 def to_chw(img: np.ndarray) -> np.ndarray:

@@ -383,4 +383,5 @@ def test_one_pass_normalisation_is_bit_identical_to_paddleclas_order(mean, std, 
     from ppdeploy.preprocess import normalized_chw
 
     img = np.random.default_rng(0).integers(0, 256, (57, 41, 3), dtype=np.uint8)
-    assert np.array_equal(normalized_chw(img, mean, std, scale), to_chw(normalize(img, mean, std, scale)))
+    for view in (img, img[3:50, 2:39], img[:, ::-1]):  # contiguous, a centre crop's view, a mirrored view
+        assert np.array_equal(normalized_chw(view, mean, std, scale), to_chw(normalize(view, mean, std, scale)))
