@@ -185,6 +185,8 @@ class Target:
         paddle_formats/fallback: when ``source`` is None, the Paddle formats read directly, and the target to go
             through otherwise.
         profile: the parity profile it answers to (default: its precision).
+        recipe: names how the converter builds it when that changed after artifacts were cached (part of the cache
+            key when set: artifacts built the old way are rebuilt, not reused).
     """
 
     name: str
@@ -201,6 +203,7 @@ class Target:
     fallback: str | None = None
     check: Callable[[], tuple[bool, str]] | None = None
     profile: str = ""
+    recipe: str = ""
 
     @property
     def install_hint(self) -> str:

@@ -1,5 +1,5 @@
 """ONNX → TensorRT engine (``trt-fp32`` from ``onnx``, ``trt-fp16`` from ``onnx-fp16``, ``trt-int8`` from
-``onnx-int8``), for the TensorRT 10.x and 11.x Python API.
+``onnx-int8-qdq``, the symmetric Q/DQ form), for the TensorRT 10.x and 11.x Python API.
 
 Precision comes from the ONNX graph, not from builder flags: the network is strongly typed (TensorRT 11
 always is; on 10 we ask for it), so an fp16 ONNX builds fp16 layers and a Q/DQ ONNX builds int8 ones. That is
@@ -33,7 +33,7 @@ def convert(src: Path, dst: Path, options: ConvertOptions) -> ConvertResult:
     """Build ``dst/model.engine`` (batch 1..max_batch, opt = max_batch) and ``dst/timing.cache`` from ``src``.
 
     Args:
-        src: ``model.onnx`` of the ``onnx``, ``onnx-fp16`` or ``onnx-int8`` artifact.
+        src: ``model.onnx`` of the ``onnx``, ``onnx-fp16`` or ``onnx-int8-qdq`` artifact.
         dst: an empty folder.
         options: ``target``, ``max_batch``, ``workspace_mb`` and ``input_size`` are used.
 
@@ -161,8 +161,9 @@ def _timing_cache_candidates(dst: Path) -> list[Path]:
     return candidates
 
 
-# Each engine is built from the ONNX artifact of its precision (int8: the calibrated QDQ model).
+# Each engine is built from the ONNX artifact of its precision (int8: the calibrated symmetric QDQ model; onnx-int8's
+# uint8 activations have non-zero zero points, which TensorRT rejects).
 TARGETS = tuple(register_target(Target(
     name, "tensorrt", precision, __name__, source=source, requires=("tensorrt",), extra="gpu", tools=("tensorrt",),
     needs_gpu=True, check=gpu_check)) for name, precision, source in (
-        ("trt-fp32", "fp32", "onnx"), ("trt-fp16", "fp16", "onnx-fp16"), ("trt-int8", "int8", "onnx-int8")))
+        ("trt-fp32", "fp32", "onnx"), ("trt-fp16", "fp16", "onnx-fp16"), ("trt-int8", "int8", "onnx-int8-qdq")))

@@ -181,6 +181,7 @@ def _fingerprint(paddle: PaddleModel, spec: Target, options: ConvertOptions, src
         validation, max_drop = set_hash("validation", options.val_images, options.val_count), options.max_drop
     return {
         "target": spec.name,
+        **({"recipe": spec.recipe} if spec.recipe else {}),
         "source_hash": source_hash(paddle),
         "source_artifact_id": src_manifest.get("artifact_id") if src_manifest else None,
         "options": {"opset": options.opset, "max_batch": options.max_batch, "input_size": options.input_size,

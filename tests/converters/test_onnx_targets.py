@@ -23,7 +23,7 @@ from ppdeploy.preprocess import PreprocessConfig, preprocess_batch
 
 onnx = pytest.importorskip("onnx")
 
-TARGETS = ("onnx", "onnx-fp16", "onnx-int8")
+TARGETS = ("onnx", "onnx-fp16", "onnx-int8", "onnx-int8-qdq")
 VAL_COUNT = 32  # validation images of the accuracy control in the fixtures (max_drop stays at the default 0.01)
 
 
@@ -67,15 +67,30 @@ def test_fp16_has_fp16_weights_and_fp32_io(case):
         assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
-def test_int8_is_symmetric_qdq_with_fp32_head(case):
-    from ppdeploy.converters.onnx_int8 import check_symmetric
+@pytest.mark.parametrize(("target", "symmetric"), [("onnx-int8", False), ("onnx-int8-qdq", True)])
+def test_int8_forms_are_qdq_with_fp32_head(case, target, symmetric):
+    """onnx-int8: uint8 activations with their zero points, int8 weights at zero (U8S8, ONNX Runtime's fast form);
+    onnx-int8-qdq: every zero point 0 (what TensorRT accepts)."""
+    from onnx import numpy_helper
 
-    manifest = load_manifest(case["artifacts"]["onnx-int8"])
-    path = case["artifacts"]["onnx-int8"] / manifest["model_file"]
-    assert manifest["precision"] == "int8" and manifest["symmetric"] and manifest["per_channel"]
+    from ppdeploy.converters.onnx_int8 import check_qdq
+
+    manifest = load_manifest(case["artifacts"][target])
+    path = case["artifacts"][target] / manifest["model_file"]
+    assert manifest["precision"] == "int8" and manifest["symmetric"] is symmetric and manifest["per_channel"]
+    assert manifest["activation_type"] == ("int8" if symmetric else "uint8")
     assert manifest["calibration_count"] == 64 and len(manifest["calibration_hash"]) == 64
-    assert check_symmetric(path) == manifest["quantize_nodes"] > 0  # raises on any non-zero zero point
+    assert check_qdq(path, symmetric=symmetric) == manifest["quantize_nodes"] > 0  # raises on a wrong zero point
     model = onnx.load(str(path))
+    inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    zero_points = [inits[node.input[2]] for node in model.graph.node
+                   if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in inits]
+    assert zero_points and {z.dtype for z in zero_points} == {np.dtype(np.int8 if symmetric else np.uint8)}
+    if symmetric:
+        assert all(not z.any() for z in zero_points)
+    else:
+        with pytest.raises(ConversionError, match="zero point"):  # the U8S8 file is not the TensorRT form
+            check_qdq(path, symmetric=True)
     gemms = [node for node in model.graph.node if node.op_type in ("Gemm", "MatMul")]
     assert gemms and all(node.name in manifest["fp32_nodes"] for node in gemms)
 
