@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: runs ``onnx``, ``onnx-fp16`` and ``onnx-int8`` artifacts on CPU or GPU."""
+"""ONNX Runtime backend: runs ``onnx``, ``onnx-fp16``, ``onnx-int8`` and ``onnx-int8-qdq`` artifacts on CPU or GPU."""
 
 from __future__ import annotations
 
