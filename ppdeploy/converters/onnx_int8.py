@@ -105,14 +105,13 @@ def convert(src: Path, dst: Path, options: ConvertOptions) -> ConvertResult:
     calib, validation = accuracy.image_sets(options)
     config = preprocess_config(options)
     batch = np.ascontiguousarray(preprocess_batch(calib.images, config), dtype=np.float32)
-    target = Path(dst) / MODEL_FILE
+    target, symmetric = Path(dst) / MODEL_FILE, SYMMETRIC[options.target]
     with tempfile.TemporaryDirectory(prefix=".int8-", dir=target.parent) as tmp:
         options.say(f"int8: calibrating on {len(batch)} photos ({CALIBRATION_METHOD}), then measuring top-1 "
                     f"agreement with fp32 on {len(validation.images)} validation photos ...")
-        quantizer = Quantizer(Path(src), Path(tmp), batch, symmetric=SYMMETRIC[options.target])
+        quantizer = Quantizer(Path(src), Path(tmp), batch, symmetric=symmetric)
         excluded, control = quantize_with_control(quantizer, target, preprocess_batch(validation.images, config),
                                                   options.max_drop, say=options.say)
-    symmetric = SYMMETRIC[options.target]
     qdq = check_qdq(target, symmetric=symmetric)
     check = verify_onnx(target, input_size=options.input_size)
     return ConvertResult(MODEL_FILE, "int8", info={

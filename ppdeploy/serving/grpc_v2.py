@@ -27,10 +27,10 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from ppdeploy.errors import DeployError, one_line
 from ppdeploy.serving.handling import ARRIVAL, Refusal, answered
 from ppdeploy.serving.tensors import (
-    DATATYPES,
     InferRequest,
     Tensor,
     TensorError,
+    check_spec,
     from_binary,
     from_values,
     to_binary,
@@ -107,10 +107,7 @@ def infer_request(request: Any) -> InferRequest:
     inputs = []
     for index, spec in enumerate(request.inputs):
         name, datatype, shape = spec.name, spec.datatype, list(spec.shape)
-        if datatype not in DATATYPES:
-            raise TensorError(f"input '{name}': datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
-        if any(dim < 0 for dim in shape):
-            raise TensorError(f"input '{name}': 'shape' must hold non-negative integers, got {shape}")
+        check_spec(name, datatype, shape)
         if raw:
             data = from_binary(name, datatype, shape, raw[index])
         elif datatype in CONTENTS:

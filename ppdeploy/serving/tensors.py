@@ -122,13 +122,8 @@ def _parse_input(spec: Any, index: int, raw: memoryview) -> tuple[Tensor, int]:
     name = spec.get("name")
     if not isinstance(name, str) or not name:
         raise TensorError(f"inputs[{index}]: 'name' must be a non-empty string")
-    datatype = spec.get("datatype")
-    if datatype not in DATATYPES:
-        raise TensorError(f"input '{name}': datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
-    shape = spec.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
-        raise TensorError(f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}")
+    datatype, shape = spec.get("datatype"), spec.get("shape")
+    check_spec(name, datatype, shape)
     parameters = _parameters(spec, f"input '{name}'")
     size = parameters.get("binary_data_size")
     if size is not None:
@@ -141,6 +136,15 @@ def _parse_input(spec: Any, index: int, raw: memoryview) -> tuple[Tensor, int]:
     if "data" not in spec:
         raise TensorError(f"input '{name}': no 'data' and no binary_data_size")
     return Tensor(name, datatype, _from_json(name, datatype, shape, spec["data"]), parameters), 0
+
+
+def check_spec(name: str, datatype: Any, shape: Any) -> None:
+    """An input's datatype is one of the protocol's and its shape a list of non-negative integers (any transport)."""
+    if datatype not in DATATYPES:
+        raise TensorError(f"input '{name}': datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise TensorError(f"input '{name}': 'shape' must be a list of non-negative integers, got {shape!r}")
 
 
 def from_binary(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
